@@ -41,7 +41,8 @@ def rope_inv_freq(args: ModelArgs) -> Tensor:
     as the reference implementations, so the values are bit-identical to theirs.
     """
     dim = args.head_dim
-    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim  # CPU even under meta
+    inv_freq = 1.0 / (args.rope_theta ** exponents)
     s = args.rope_scaling
     if s is None:
         return inv_freq
