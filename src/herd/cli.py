@@ -20,7 +20,9 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model directory (HF or Meta layout).")]
-Dtype = Annotated[str | None, typer.Option(help="Weights dtype: float32, bfloat16, float16 (default: the checkpoint's).")]
+Dtype = Annotated[
+    str | None, typer.Option(help="Weights dtype: float32, bfloat16, float16 (default: the checkpoint's).")
+]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, …")]
 
 

@@ -149,7 +149,7 @@ def test_init_is_seeded_and_depth_scaled():
     b = Transformer(ModelArgs.from_name("tiny"))
     a.init_weights(generator=torch.Generator().manual_seed(3))
     b.init_weights(generator=torch.Generator().manual_seed(3))
-    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), na
     std0 = a.model.layers[0].mlp.down_proj.weight.std()
     std1 = a.model.layers[1].mlp.down_proj.weight.std()

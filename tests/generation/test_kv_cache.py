@@ -1,0 +1,91 @@
+"""The KV cache backend: decoding through it gives the logits of a full forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from herd.generation import KVCache
+from tests.conftest import make_tiny_model
+from tests.generation.conftest import full_logits
+
+
+def _decode_through_cache(model, prompts, n_prefill, *, static=False, max_len=None):
+    """Prefill the first n_prefill[i] tokens of each row (right-padded), then feed the
+    rest one token per step, each row at its own position; returns per-row logits for
+    every position from n_prefill[i] - 1 on."""
+    b = len(prompts)
+    max_len = max_len or max(len(p) for p in prompts)
+    cache = KVCache(model.args, b, max_len, dtype=torch.float32, device="cpu", static=static)
+    t = max(n_prefill)
+    tokens = torch.zeros(b, t, dtype=torch.long)
+    for i, (p, n) in enumerate(zip(prompts, n_prefill, strict=True)):
+        tokens[i, :n] = torch.tensor(p[:n])
+    positions = torch.arange(t).expand(b, t)
+    got = [[] for _ in range(b)]
+    with torch.no_grad():
+        cache.set_positions(positions)
+        logits = model(tokens, positions, cache)
+        for i, n in enumerate(n_prefill):
+            got[i].append(logits[i, n - 1])
+        pos = list(n_prefill)
+        while any(pos[i] < len(prompts[i]) for i in range(b)):
+            # A row that has run out of tokens feeds token 0 at position 0 (ignored).
+            step_tok = [prompts[i][pos[i]] if pos[i] < len(prompts[i]) else 0 for i in range(b)]
+            step_pos = [pos[i] if pos[i] < len(prompts[i]) else 0 for i in range(b)]
+            p_t = torch.tensor(step_pos)[:, None]
+            cache.set_positions(p_t)
+            logits = model(torch.tensor(step_tok)[:, None], p_t, cache)
+            for i in range(b):
+                if pos[i] < len(prompts[i]):
+                    got[i].append(logits[i, 0])
+                    pos[i] += 1
+    return [torch.stack(g) for g in got]
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_cached_decode_equals_full_forward_per_row(tiny, static):
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 128256, (n,), generator=g).tolist() for n in (40, 23, 31)]
+    n_prefill = [5, 12, 1]  # rows prefill different lengths, so their positions differ every step
+    got = _decode_through_cache(tiny, prompts, n_prefill, static=static, max_len=64)
+    for i, p in enumerate(prompts):
+        want = full_logits(tiny, p)[n_prefill[i] - 1:]
+        assert got[i].shape == want.shape
+        torch.testing.assert_close(got[i], want, atol=2e-5, rtol=1e-5)
+
+
+def test_cached_decode_past_original_rope_context():
+    """Positions past rope_scaling.original_max_position_embeddings (256) and one
+    key/value head shared by all query heads (tiny-tied)."""
+    model = make_tiny_model("tiny-tied", seed=3)
+    prompt = torch.randint(0, 128256, (300,), generator=torch.Generator().manual_seed(2)).tolist()
+    got = _decode_through_cache(model, [prompt], [250])[0]
+    torch.testing.assert_close(got, full_logits(model, prompt)[249:], atol=2e-5, rtol=1e-5)
+
+
+def test_cache_layout_keeps_kv_heads_unrepeated(tiny):
+    cache = KVCache(tiny.args, 2, 48, dtype=torch.bfloat16, device="cpu")
+    a = tiny.args
+    assert len(cache.k) == len(cache.v) == a.n_layers
+    assert cache.k[0].shape == (2, a.n_kv_heads, 48, a.head_dim) and a.n_kv_heads < a.n_heads
+    assert cache.k[0].dtype == torch.bfloat16
+    assert cache.nbytes() == 2 * a.n_layers * 2 * a.n_kv_heads * 48 * a.head_dim * 2
+
+
+def test_eager_cache_attends_only_to_written_slots(tiny):
+    cache = KVCache(tiny.args, 1, 100, dtype=torch.float32, device="cpu")
+    cache.set_positions(torch.tensor([[7]]))
+    assert cache.kv_len == 8 and cache.mask.shape == (1, 1, 1, 8)
+    assert cache.mask[0, 0, 0].tolist() == [True] * 8
+    static = KVCache(tiny.args, 1, 100, dtype=torch.float32, device="cpu", static=True)
+    static.set_positions(torch.tensor([[7]]))
+    assert static.kv_len == 100 and static.mask[0, 0, 0].tolist() == [True] * 8 + [False] * 92
+
+
+def test_position_past_the_cache_is_an_error(tiny):
+    cache = KVCache(tiny.args, 1, 16, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="max_len=16"):
+        cache.set_positions(torch.tensor([[16]]))
+    with pytest.raises(ValueError, match="positions must be"):
+        cache.set_positions(torch.tensor([[1], [2]]))
