@@ -284,6 +284,229 @@ def presets() -> None:
     _stdout().print(table)
 
 
+tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="JSONL (a text field) or .txt files.")],
+    vocab_size: Annotated[int, typer.Option(help="BPE ranks, the 256 bytes included (specials come after).")],
+    out: Annotated[Path, typer.Option(help="Directory for tokenizer.model, tokenizer.json, compression.json.")],
+    text_field: Annotated[str, typer.Option(help="JSONL field with the text (dotted for nesting).")] = "text",
+    lang_field: Annotated[str | None, typer.Option(
+        help="JSONL field naming the language for the report, e.g. meta.language (.txt: the file stem).")] = None,
+    holdout: Annotated[float, typer.Option(help="Fraction of input records held out for the report.")] = 0.0,
+    eval_files: Annotated[list[Path] | None, typer.Option("--eval", help="Held-out files for the report.")] = None,
+    compare: Annotated[Path | None, typer.Option(
+        help="Another tokenizer.model to compare compression with (e.g. Llama 3's).")] = None,
+) -> None:
+    """Train a byte-level BPE vocabulary with Llama 3's pre-tokenizer and special tokens."""
+    from herd.tokenizer import TokenizerFileError
+    from herd.tokenizer.train_bpe import train_from_files
+
+    try:
+        with console.status(f"Training a {vocab_size}-token BPE vocabulary …"):
+            report = train_from_files(inputs, vocab_size, out, text_field=text_field, lang_field=lang_field,
+                                      holdout=holdout, eval_paths=eval_files or (), compare=compare)
+    except (ValueError, TypeError, FileNotFoundError, TokenizerFileError, ImportError) as e:
+        raise _fail(str(e)) from None
+    console.print(f"[green]wrote[/] {out} ({report['vocab_size']} ranks + 256 special tokens)")
+    if report["compression"]:
+        table = Table("language", "tokenizer", "chars", "tokens", "chars/token", "bytes/token",
+                      title="compression on held-out text")
+        for lang, row in report["compression"].items():
+            for name, c in row.items():
+                table.add_row(lang, name, str(c["chars"]), str(c["tokens"]), f"{c['chars_per_token']:.3f}",
+                              f"{c['bytes_per_token']:.3f}")
+        _stdout().print(table)
+
+
+@app.command()
+def tokenize(
+    inputs: Annotated[list[Path], typer.Argument(help="JSONL (.gz/.zst) or .txt files, or directories of them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the shards.")],
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", "-t",
+                                            help="tokenizer.model / tokenizer.json, or a model directory.")],
+    source: Annotated[str | None, typer.Option(help="Source name (shard prefix); default: the output dir's name.")]
+    = None,
+    text_field: Annotated[str, typer.Option(help="JSONL field holding the text.")] = "text",
+    shard_tokens: Annotated[int, typer.Option(help="Start a new shard after this many tokens.")] = 1 << 28,
+    workers: Annotated[int | None, typer.Option(help="Encoding processes (default: every core).")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Count and skip bad records instead of failing.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing shards of this source.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Tokenize a corpus into token shards (.bin + .idx + .json) for training."""
+    from herd.data import CorpusError, tokenize_corpus
+    from herd.tokenizer import Tokenizer
+    from herd.tokenizer.tokenizer import TokenizerFileError
+
+    try:
+        tok = Tokenizer.load(tokenizer)
+        summary = tokenize_corpus(inputs, out, tok, text_field=text_field, source=source,
+                                  shard_tokens=shard_tokens, workers=workers, skip_bad=skip_bad,
+                                  overwrite=overwrite, progress=sys.stderr.isatty())
+    except (CorpusError, TokenizerFileError, FileExistsError, ValueError) as e:
+        raise _fail(str(e)) from None
+    if json_output:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return
+    table = Table(title=f"tokenized {summary.source} → {out}", show_header=False)
+    for key, value in summary.as_dict().items():
+        if key == "shards":
+            value = f"{len(value)} ({value[0]} …)" if len(value) > 1 else ", ".join(value) or "none"
+        elif key == "bad_examples":
+            value = "\n".join(value) or "-"
+        table.add_row(key, str(value))
+    _stdout().print(table)
+
+
+def _model_args(preset: str | None, model: Path | None):
+    """ModelArgs from a preset name or a model directory's config.json."""
+    from herd.model import ModelArgs
+
+    if (preset is None) == (model is None):
+        raise _fail("give exactly one of --preset NAME or --model DIR")
+    if preset is not None:
+        try:
+            return ModelArgs.from_name(preset)
+        except KeyError as e:
+            raise _fail(str(e.args[0])) from None
+    from herd.checkpoint import CheckpointError
+    from herd.checkpoint.config import args_from_hf_config, read_json
+
+    try:
+        return args_from_hf_config(read_json(model / "config.json"), str(model / "config.json"))
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+
+
+@app.command()
+def memory(
+    preset: Annotated[str | None, typer.Option(help="Model preset (see `herd presets`).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory with config.json.")] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per row.")] = 8192,
+    micro_batch: Annotated[int, typer.Option(help="Rows per forward/backward on one rank.")] = 1,
+    dp: Annotated[int, typer.Option(help="Data-parallel ranks the states are sharded over (FSDP).")] = 1,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.")] = 1,
+    dtype: Annotated[str, typer.Option(help="Compute dtype: bfloat16, float16, float32.")] = "bfloat16",
+    master_fp32: Annotated[bool, typer.Option(help="Keep fp32 master weights, gradients, optimizer state.")] = True,
+    autocast: Annotated[bool, typer.Option(help="fp32 weights under torch.autocast (herd's 1-device trainer).")
+                        ] = False,
+    optimizer: Annotated[str, typer.Option(help="adamw, sgd or none.")] = "adamw",
+    checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing of every block.")] = False,
+    ce_chunk: Annotated[int | None, typer.Option(help="Tokens per chunked cross-entropy chunk (default: full).")
+                        ] = None,
+    attention: Annotated[str, typer.Option(help="flash (SDPA/flex kernels) or dense_mask (CPU document mask).")
+                         ] = "flash",
+    device_memory: Annotated[str | None, typer.Option(help="Device memory to check against, e.g. 80GB, 80GiB.")
+                             ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON (bytes).")] = False,
+) -> None:
+    """Estimate the memory one rank needs to train a model."""
+    from herd.train.memory import check_fits, estimate_memory, parse_bytes
+
+    args = _model_args(preset, model)
+    try:
+        est = estimate_memory(args, seq_len=seq_len, micro_batch_rows=micro_batch, dp=dp, tp=tp, param_dtype=dtype,
+                              master_fp32=master_fp32, autocast=autocast, optimizer=optimizer,  # type: ignore[arg-type]
+                              activation_checkpointing=checkpointing, chunked_ce_chunk=ce_chunk,
+                              attention=attention)  # type: ignore[arg-type]
+        device_bytes = parse_bytes(device_memory) if device_memory else None
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    warning = check_fits(est, device_bytes) if device_bytes else None
+    if json_output:
+        print(json.dumps({**est.to_dict(), "device_bytes": device_bytes, "warning": warning}))
+        return
+    print(f"{args.num_params() / 1e9:.2f}B parameters, {est.tokens_per_rank} tokens per rank\n{est.table()}")
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    elif device_bytes:
+        console.print(f"[green]fits[/] in {device_bytes / 2**30:.1f} GiB")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def pretrain(
+    config: Annotated[Path, typer.Argument(help="Run config (TOML), e.g. configs/pretrain-tiny.toml.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="section.key=value overrides, e.g. optim.lr=1e-3")
+    ] = None,
+) -> None:
+    """Pre-train (or resume) as the config says; under torchrun, sharded with FSDP2."""
+    import logging
+
+    from herd.train import ConfigError, TrainingFault, load_config
+    from herd.train import pretrain as run_pretrain
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config, overrides or [])
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    try:
+        result = run_pretrain(cfg)
+    except (ConfigError, TrainingFault, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    if result.stopped_by_signal:
+        console.print(f"stopped by a signal at step {result.step}; checkpoint {result.checkpoint}")
+        raise typer.Exit(code=0)
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+    console.print(f"step {result.step}: loss {loss}; run directory {result.run_dir}"
+                  + (f"; model {result.export_dir}" if result.export_dir else ""))
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A pretrain run directory (holding metrics.jsonl).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path (default RUN_DIR/curves.png).")] = None,
+) -> None:
+    """Loss and learning-rate curves of a run, as a PNG."""
+    from herd.train.plot import plot_run
+
+    try:
+        path = plot_run(run_dir, out)
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    except ImportError:
+        raise _fail("herd plot needs matplotlib: pip install 'herd[plot]'") from None
+    typer.echo(str(path))
+
+
+@app.command()
+def scaling(
+    runs: Annotated[Path, typer.Option(help="JSON Lines of finished runs: {compute, params, tokens, loss}.")],
+    out: Annotated[Path, typer.Option(help="Directory for fit.json and isoflop.png.")],
+    predict: Annotated[list[float] | None, typer.Option(help="Compute budgets (FLOPs) to predict for.")] = None,
+) -> None:
+    """Fit IsoFLOP curves and the compute-optimal scaling law to finished runs."""
+    from herd.tokenizer.hf_files import atomic_write
+    from herd.train.scaling import fit_isoflop, plot_isoflop, read_runs
+
+    try:
+        fit = fit_isoflop(read_runs(runs))
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    result = fit.to_dict()
+    result["predictions"] = [
+        {"compute": c, "tokens": fit.optimal_tokens(c), "params": fit.optimal_params(c), "loss": fit.predict_loss(c)}
+        for c in predict or []
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "fit.json", json.dumps(result, indent=2) + "\n")
+    plot_isoflop(fit, out / "isoflop.png")
+    table = Table("compute (FLOPs)", "D* tokens", "N* params", "L*", title="IsoFLOP minima (* = predicted)")
+    for m in fit.minima:
+        table.add_row(f"{m.compute_flops:.3g}", f"{m.tokens:.3g}", f"{m.params:.3g}", f"{m.loss:.4f}")
+    for p in result["predictions"]:
+        table.add_row(f"{p['compute']:.3g}*", f"{p['tokens']:.3g}", f"{p['params']:.3g}", f"{p['loss']:.4f}")
+    _stdout().print(table)
+    print(f"D* = {fit.A:.4g} * C^{fit.alpha:.4f} (alpha), L* = {fit.loss_E:.4g} + {fit.loss_B:.4g} * "
+          f"C^-{fit.loss_beta:.4f}")
+    console.print(f"[green]wrote[/] {out / 'fit.json'}, {out / 'isoflop.png'}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,164 @@
+"""Process groups, devices and FSDP2 sharding; the model never knows about any of it.
+
+Launch with torchrun (``torchrun --nproc_per_node N -m herd.cli pretrain ...``): the
+environment gives RANK / WORLD_SIZE / LOCAL_RANK, the process group uses NCCL on CUDA
+and gloo on CPU. With more than one process the model is built on the meta device (no
+storage), every ``TransformerBlock`` becomes an FSDP2 unit (``fully_shard``), then the
+root (embeddings, final norm, LM head); ``to_empty`` then allocates only this rank's
+shards, and the weights are initialised in place:
+
+- on CUDA, ``init_weights`` runs on the sharded DTensors; DTensor's offset-based RNG
+  makes every shard hold the values a single device would have drawn, and no rank ever
+  holds a full tensor;
+- on CPU (gloo: tests, laptops) DTensor has no sharded RNG, so rank 0 initialises the
+  weights in host memory and every tensor is scattered to its shards one at a time
+  (``broadcast_from_rank0``): identical values at any world size, which the tests check.
+
+Tensor parallelism is not implemented yet (FSDP2 over one mesh dimension only).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from herd.model import ModelArgs, Transformer
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this call created the process group (and destroys it at the end)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; otherwise one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world_size == 1:
+        return DistInfo(device=dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                device_id=dev if dev.type == "cuda" else None)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Sum a few scalars over ranks (float64, so counts stay exact)."""
+    if not info.sharded:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def build_model(args: ModelArgs, info: DistInfo, *, init_std: float, seed: int,
+                activation_checkpointing: bool = False, compile: bool = False,
+                mixed_precision: torch.dtype | None = None) -> nn.Module:
+    """The Transformer, initialised (``init_weights(init_std)`` seeded by ``seed``), sharded when world_size > 1.
+
+    Parameters stay fp32 (the master weights); ``mixed_precision`` (bf16) is applied by
+    autocast in the loop on one device and by FSDP2's MixedPrecisionPolicy when sharded.
+    """
+    with torch.device("meta"):
+        model = Transformer(args)
+    wrap_blocks(model, activation_checkpointing=activation_checkpointing, compile=compile)
+    if not info.sharded:
+        model.to_empty(device=info.device)
+        _retie(model)
+        model.init_weights(init_std, generator=torch.Generator(info.device).manual_seed(seed))
+        return model
+
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) if mixed_precision else (
+        MixedPrecisionPolicy())
+    for block in model.model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    if info.device.type == "cuda":
+        model.to_empty(device=info.device)
+        model.init_weights(init_std, generator=torch.Generator(info.device).manual_seed(seed))
+    else:
+        _init_from_rank0(model, args, info, init_std, seed)
+    return model
+
+
+def _retie(model: Transformer) -> None:
+    """``to_empty`` gives each module its own tensor: tie the LM head to the embedding again."""
+    if model.args.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+
+
+def _init_from_rank0(model: nn.Module, args: ModelArgs, info: DistInfo, init_std: float, seed: int) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=info.device)
+    full: dict[str, torch.Tensor] = {}
+    if info.is_main:
+        reference = Transformer(args)
+        reference.init_weights(init_std, generator=torch.Generator().manual_seed(seed))
+        full = reference.state_dict()
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def wrap_blocks(model: Transformer, *, activation_checkpointing: bool, compile: bool) -> None:
+    """Per-block activation checkpointing and torch.compile (torchtitan's granularity).
+
+    Both are applied in place (the block's ``forward`` is wrapped, ``Module.compile``), so
+    parameter names stay HF's: no ``_checkpoint_wrapped_module`` / ``_orig_mod`` prefixes
+    in checkpoints.
+    """
+    for block in model.model.layers:
+        if activation_checkpointing:
+            block.forward = _checkpointed(block.forward)
+        if compile:
+            block.compile()
+
+
+def _checkpointed(forward):
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+
+    return run
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict on CPU with HF names (when sharded: gathered tensor by tensor)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
