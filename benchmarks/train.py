@@ -28,6 +28,7 @@ import torch
 
 from herd.model import ModelArgs, Transformer
 from herd.train.config import OptimConfig
+from herd.train.distributed import DistInfo
 from herd.train.loader import Batch
 from herd.train.loop import accumulate_gradients
 from herd.train.metrics import mfu, peak_flops
@@ -98,7 +99,8 @@ def batches(args: ModelArgs, n: int, batch: int, seq_len: int, seed: int) -> lis
 
 
 def herd_step(model, optimizer, objective, batch: Batch, autocast) -> float:
-    loss = accumulate_gradients(model, objective, [batch], n_targets=batch.n_targets, autocast=autocast)
+    info = DistInfo(device=batch.tokens.device)
+    loss = accumulate_gradients(model, objective, [batch], n_targets=batch.n_targets, info=info, autocast=autocast)
     clip_grad_norm(model, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

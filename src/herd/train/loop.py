@@ -223,7 +223,7 @@ def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: 
     (a test hook for fault handling) turns the loss into NaN.
     """
     scale = info.world_size / max(n_targets, 1.0)
-    loss_sum = torch.zeros((), device=info.device)
+    loss_sum = 0.0
     for i, micro in enumerate(micro_batches):
         _sync_gradients(model, i == len(micro_batches) - 1)
         with autocast:
@@ -231,8 +231,8 @@ def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: 
         if poison and i == 0:
             micro_loss = micro_loss * float("nan")
         (micro_loss * scale).backward()
-        loss_sum += micro_loss.detach().float()
-    return loss_sum.item()
+        loss_sum = loss_sum + micro_loss.detach().float()
+    return float(loss_sum)
 
 
 def make_loader(cfg: Config, args: ModelArgs, info: DistInfo) -> PackedLoader:
