@@ -82,6 +82,13 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p(candidates):
     assert len(got[3]) == 1 and len(got[2]) == V
 
 
+def test_top_p_stops_at_the_token_that_reaches_p():
+    x = torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()  # exact binary fractions
+    assert _support(apply_top_p(x, torch.tensor([0.5]))) == [{0}]  # 0.5 alone reaches p = 0.5
+    assert _support(apply_top_p(x, torch.tensor([0.75]))) == [{0, 1}]
+    assert _support(apply_top_p(x, torch.tensor([0.76]))) == [{0, 1, 2}]
+
+
 def test_min_p_keeps_tokens_above_a_fraction_of_the_top():
     x = _logits()
     m = torch.tensor([0.0, 0.05, 0.3, 1.0])

@@ -1,0 +1,254 @@
+"""Decode and prefill speed of herd's Generator against transformers' generate.
+
+Both run the same random weights (herd's state_dict loaded into LlamaForCausalLM), in
+the same dtype and thread count, greedy, decoding the same number of tokens
+(transformers with min_new_tokens, herd with no stop tokens). transformers gets SDPA
+attention and whichever of its dynamic and static caches is faster here. Decode speed is
+batch * (N - 1) tokens over the time N new tokens take minus the time one takes (so the
+prefill cancels out); prefill speed is prompt tokens over the one-token time. Achieved
+bandwidth is gpt-fast's: bytes of weights read per decode step (every weight once; the
+embedding table only when it is also the LM head) times steps per second.
+
+    python benchmarks/decode.py                          # llama3.2-1b, fp32 and bf16, CPU
+    python benchmarks/decode.py --device cuda --dtypes bf16 --new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from herd.generation import Generator, SamplingParams
+from herd.model import ModelArgs, Transformer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TARGET_SPEEDUP = 1.5
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="llama3.2-1b", help="herd.model preset (random weights)")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=24, help="tokens decoded per timed run")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtypes", default=None, help="comma-separated: fp32,bf16,fp16 (default: fp32,bf16 "
+                   "on CPU, bf16 on CUDA)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile herd's decode step with torch.compile (default on)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the best is kept)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+# ------------------------------------------------------------------ models
+
+
+def build_herd(preset: str, seed: int) -> Transformer:
+    """Random weights, initialised the way herd initialises a model for pre-training."""
+    args = ModelArgs.from_name(preset)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to_empty(device="cpu")
+    if args.tie_word_embeddings:  # to_empty gives each module its own tensor: tie again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.init_weights(generator=torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def hf_config(args: ModelArgs):
+    from transformers import LlamaConfig
+
+    rope_scaling = None
+    if args.rope_scaling is not None:
+        s = args.rope_scaling
+        rope_scaling = {"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                        "high_freq_factor": s.high_freq_factor,
+                        "original_max_position_embeddings": s.original_max_position_embeddings}
+    return LlamaConfig(
+        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_dim,
+        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads, head_dim=args.head_dim,
+        max_position_embeddings=args.max_seq_len, rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta,
+        rope_scaling=rope_scaling, tie_word_embeddings=args.tie_word_embeddings,
+        bos_token_id=args.bos_token_id, eos_token_id=args.eos_token_id, pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+
+
+def build_hf_twin(model: Transformer):
+    """LlamaForCausalLM sharing herd's weight tensors (load_state_dict(assign=True): the
+    same weights, no second copy in memory)."""
+    from transformers import LlamaForCausalLM
+
+    config = hf_config(model.args)
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(config)
+    device = model.lm_head.weight.device
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False, assign=True)
+    if unexpected or any("rotary" not in k for k in missing):
+        raise RuntimeError(f"weights do not line up: missing {missing}, unexpected {unexpected}")
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config).to(device)  # its inv_freq, off the meta device
+    hf.tie_weights()
+    return hf.eval()
+
+
+def weight_bytes_per_token(model: Transformer) -> int:
+    a = model.args
+    per = model.lm_head.weight.element_size()
+    params = model.num_params()
+    if not a.tie_word_embeddings:
+        params -= a.vocab_size * a.dim  # the embedding table is looked up, not read whole
+    return params * per
+
+
+# ------------------------------------------------------------------ timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Timing:
+    prefill_tok_s: float
+    decode_tok_s: float
+    tokens: list[list[int]]
+    warm_s: float  # the untimed first round (torch.compile happens here)
+
+
+def measure(runs: dict, n_new: int, n_prompt_tokens: int, repeats: int, device: torch.device) -> dict:
+    """Each ``runs[label](n)`` generates n new tokens per row and returns the token ids.
+    One untimed round each first (compilation, caches), then ``repeats`` rounds that go
+    through every run in turn, so that all see the same machine; the best time counts."""
+    def timed(run, n: int) -> tuple[float, list[list[int]]]:
+        sync(device)
+        t = time.perf_counter()
+        out = run(n)
+        sync(device)
+        return time.perf_counter() - t, out
+
+    warm, one, full, tokens = {}, {}, {}, {}
+    for label, run in runs.items():
+        t = time.perf_counter()
+        timed(run, 1), timed(run, n_new)
+        warm[label] = time.perf_counter() - t
+    for _ in range(repeats):
+        for label, run in runs.items():
+            one.setdefault(label, []).append(timed(run, 1)[0])
+            t, tokens[label] = timed(run, n_new)
+            full.setdefault(label, []).append(t)
+    out = {}
+    for label in runs:
+        t1, tn = min(one[label]), min(full[label])
+        batch = len(tokens[label])
+        out[label] = Timing(n_prompt_tokens / t1, batch * (n_new - 1) / max(tn - t1, 1e-9), tokens[label],
+                            warm[label])
+    return out
+
+
+def herd_runner(gen: Generator, prompts: list[list[int]]):
+    def run(n: int) -> list[list[int]]:
+        params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())
+        return [c.token_ids for c in gen.generate(prompts, params)]
+    return run
+
+
+def hf_runner(hf, prompts: list[list[int]], cache: str, device: torch.device):
+    ids = torch.tensor(prompts, device=device)
+
+    def run(n: int) -> list[list[int]]:
+        kwargs = {"cache_implementation": "static"} if cache == "static" else {}
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, pad_token_id=0, **kwargs)
+        return out[:, ids.shape[1]:].tolist()
+    return run
+
+
+def first_difference(a: list[list[int]], b: list[list[int]]) -> str:
+    for r, (x, y) in enumerate(zip(a, b, strict=True)):
+        for i, (p, q) in enumerate(zip(x, y, strict=True)):
+            if p != q:
+                return f"row {r}, token {i}: herd {p} vs transformers {q}"
+    return "none"
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    opts = parse_args()
+    device = torch.device(opts.device)
+    torch.set_num_threads(opts.threads)
+    dtypes = (opts.dtypes or ("bf16" if device.type == "cuda" else "fp32,bf16")).split(",")
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {device}"
+          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+          f"{opts.threads} CPU threads")
+    print(f"preset {opts.preset}, batch {opts.batch}, prompt {opts.prompt_len} tokens, "
+          f"{opts.new_tokens} new tokens, greedy, best of {opts.repeats}")
+    print(f"herd: Generator(compile={opts.compile}); transformers: LlamaForCausalLM.generate, sdpa attention")
+
+    t = time.perf_counter()
+    model = build_herd(opts.preset, opts.seed)
+    print(f"built {model.num_params() / 1e9:.2f}B-parameter model in {time.perf_counter() - t:.0f}s")
+    g = torch.Generator().manual_seed(opts.seed + 1)
+    prompts = [[model.args.bos_token_id] + torch.randint(0, 128000, (opts.prompt_len - 1,),
+                                                         generator=g).tolist() for _ in range(opts.batch)]
+    n_prompt = opts.batch * opts.prompt_len
+
+    rows, figures = [], []
+    for name in dtypes:
+        model = model.to(device=device, dtype=DTYPES[name])  # fp32 first, then cast in place
+        gc.collect()
+        hf = build_hf_twin(model)
+        gbytes = weight_bytes_per_token(model) / 1e9
+
+        gen = Generator(model, compile=opts.compile)
+        runs = {"herd": herd_runner(gen, prompts)}
+        for cache in ("dynamic", "static"):
+            runs[cache] = hf_runner(hf, prompts, cache, device)
+        result = measure(runs, opts.new_tokens, n_prompt, opts.repeats, device)
+        herd = result["herd"]
+        rows.append((f"herd {name}", herd, gbytes))
+        for cache in ("dynamic", "static"):
+            rows.append((f"transformers {name} {cache} cache", result[cache], gbytes))
+        cache = max(("dynamic", "static"), key=lambda c: result[c].decode_tok_s)
+        peer = result[cache]
+        same = herd.tokens == peer.tokens
+        print(f"[{name}] greedy tokens identical to transformers ({cache} cache): "
+              f"{'yes' if same else 'NO, first difference ' + first_difference(herd.tokens, peer.tokens)}")
+        speedup = herd.decode_tok_s / peer.decode_tok_s
+        figures.append((f"decode_speedup_{name}_vs_transformers", speedup, cache))
+        prefill = herd.prefill_tok_s / peer.prefill_tok_s
+        figures.append((f"prefill_speedup_{name}_vs_transformers", prefill, cache))
+        del hf, gen
+        gc.collect()
+
+    print()
+    print(f"{'run':<36} {'prefill tok/s':>14} {'decode tok/s':>13} {'GB/s':>7} {'warm-up s':>10}")
+    for label, r, gbytes in rows:
+        bandwidth = r.decode_tok_s / opts.batch * gbytes
+        print(f"{label:<36} {r.prefill_tok_s:>14.1f} {r.decode_tok_s:>13.2f} {bandwidth:>7.1f} {r.warm_s:>10.1f}")
+    print("(GB/s: bytes of weights read per decode step, times steps per second; warm-up: the first, "
+          "untimed round, compilation included)")
+    print()
+    for fig, value, cache in figures:
+        print(f"{fig}: {value:.2f} x against transformers with its faster ({cache}) cache")
+    for fig, value, _ in figures:
+        if fig.startswith("decode"):
+            status = "MET" if value >= TARGET_SPEEDUP else "MISSED"
+            print(f"figure: {fig} = {value:.2f} x (target >= {TARGET_SPEEDUP}) {status}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Generation: sampling, the preallocated KV cache and the batched generator."""
+
+from herd.generation.generator import Generator, TextStream
+from herd.generation.kv_cache import KVCache
+from herd.generation.sampling import (
+    Completion,
+    SamplingParams,
+    SequenceState,
+    TextDecoder,
+    TokenLogprob,
+    apply_min_p,
+    apply_repetition_penalty,
+    apply_top_k,
+    apply_top_p,
+    sample,
+)
+
+__all__ = [
+    "Completion",
+    "Generator",
+    "KVCache",
+    "SamplingParams",
+    "SequenceState",
+    "TextDecoder",
+    "TextStream",
+    "TokenLogprob",
+    "apply_min_p",
+    "apply_repetition_penalty",
+    "apply_top_k",
+    "apply_top_p",
+    "sample",
+]

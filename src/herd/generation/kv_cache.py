@@ -1,0 +1,97 @@
+"""A preallocated key/value cache, used as the model's attention backend during generation.
+
+Each layer owns two tensors of shape (batch, n_kv_heads, max_len, head_dim), allocated
+once. Before every forward pass the generator tells the cache where this call's tokens
+sit (``set_positions``); then, for each layer, ``attend`` writes the new keys and values
+at those positions and lets the queries attend over the cached keys.
+
+Each row has its own positions, so a batch of prompts of different lengths is
+right-padded for the prefill and every row then decodes at its own position. The mask
+lets a query at position p see the cached keys at positions <= p. Padding tokens write
+keys past their row's prompt, but a row's next real token overwrites that slot before
+any query of that row can see it, so the garbage is never read.
+
+Two ways to choose how much of the cache a step reads:
+
+* eager (``static=False``): only ``cache[:, :, :kv_len]``, kv_len = the largest position
+  of the step + 1, so a decode step reads the keys that exist and nothing more;
+* static (``static=True``): the whole ``max_len``, so every decode step has the same
+  shapes and ``torch.compile`` traces it once (gpt-fast's layout). Size the cache to
+  what the request needs (prompt + new tokens), not to the model's context.
+
+Grouped-query attention stays un-repeated: SDPA broadcasts the n_kv_heads key/value
+heads over the query heads (``enable_gqa``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from herd.model.args import ModelArgs
+
+
+class KVCache:
+    """Keys and values of ``batch_size`` sequences of up to ``max_len`` tokens, all layers."""
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        batch_size: int,
+        max_len: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        static: bool = False,
+    ) -> None:
+        if batch_size <= 0 or max_len <= 0:
+            raise ValueError(f"KVCache needs batch_size and max_len > 0, got {batch_size} and {max_len}")
+        shape = (batch_size, args.n_kv_heads, max_len, args.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
+        self.batch_size, self.max_len, self.static = batch_size, max_len, static
+        self._rows = torch.arange(batch_size, device=device)[:, None]  # (B, 1) for the scatter
+        self._key_positions = torch.arange(max_len, device=device)
+        self.positions: Tensor | None = None
+        self.mask: Tensor | None = None
+        self.kv_len = 0
+
+    def set_positions(self, positions: Tensor, kv_len: int | None = None) -> None:
+        """Declare the positions (B, T) of the tokens of the next forward pass.
+
+        ``kv_len`` is how many cache slots the step attends over (the largest position
+        + 1; computed from ``positions`` when not given, which costs a device sync). A
+        static cache always attends over all ``max_len`` slots.
+        """
+        if positions.dim() != 2 or positions.shape[0] != self.batch_size:
+            raise ValueError(
+                f"positions must be (batch={self.batch_size}, seq_len), got shape {tuple(positions.shape)}"
+            )
+        if self.static:
+            kv_len = self.max_len
+        elif kv_len is None:
+            kv_len = int(positions.max()) + 1
+        if kv_len > self.max_len:
+            raise ValueError(f"position {kv_len - 1} is past the end of the KV cache "
+                             f"(max_len={self.max_len})")
+        keys = self._key_positions[:kv_len]
+        self.mask = (keys <= positions[:, :, None])[:, None]  # (B, 1, T, kv_len): key pos <= query pos
+        self.positions = positions
+        self.kv_len = kv_len
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Write k, v (B, n_kv, T, hd) at this step's positions; attend q over the cache."""
+        if self.positions is None:
+            raise RuntimeError("KVCache.set_positions must be called before the forward pass")
+        k_cache, v_cache = self.k[layer], self.v[layer]
+        # Advanced indices on dims 0 and 2 address (B, T) slots, each a (n_kv, hd) slice.
+        k_cache[self._rows, :, self.positions] = k.transpose(1, 2)
+        v_cache[self._rows, :, self.positions] = v.transpose(1, 2)
+        n = self.kv_len
+        return F.scaled_dot_product_attention(
+            q, k_cache[:, :, :n], v_cache[:, :, :n], attn_mask=self.mask, enable_gqa=True
+        )
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)

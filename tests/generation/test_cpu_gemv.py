@@ -1,0 +1,87 @@
+"""herd's CPU gemv kernel: the products F.linear would give, and only where it applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from herd.generation.cpu_gemv import GemvLinear, cpu_gemv, gemv_available, handles, use_cpu_gemv
+from tests.conftest import make_tiny_model
+
+pytestmark = pytest.mark.skipif(not gemv_available(), reason="needs x86-64 with AVX2 and a C compiler")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("n, k", [(64, 64), (37, 203), (520, 1030)])  # tails in both dimensions
+def test_fp32_products_match_f_linear(rows, n, k):
+    g = torch.Generator().manual_seed(n * k + rows)
+    x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+    torch.testing.assert_close(cpu_gemv(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n, k", [(64, 64), (37, 203), (520, 1030)])
+def test_bf16_products_round_like_f_linear(n, k):
+    g = torch.Generator().manual_seed(n + k)
+    x, w = torch.randn(2, 1, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16()
+    got, want = cpu_gemv(x, w), F.linear(x, w)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 1, n)
+    exact = F.linear(x.double(), w.double())
+    # both are the fp32 sum rounded to bf16: within one bf16 step of each other and of the exact value
+    step = exact.abs().clamp(min=1e-3) * 2**-7
+    assert ((got.double() - exact).abs() <= step).all()
+    assert ((got.double() - want.double()).abs() <= step).all()
+
+
+def test_bf16_outputs_round_to_nearest_even():
+    # small integers: every product and sum is exact in fp32, so the one rounding is the output's
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-8, 9, (3, 96), generator=g).bfloat16()
+    w = torch.randint(-8, 9, (50, 96), generator=g).bfloat16()
+    exact = x.float() @ w.float().T
+    assert (exact.abs() > 256).any()  # big enough that bf16 must round
+    assert torch.equal(cpu_gemv(x, w), exact.bfloat16())
+
+
+def test_only_few_row_inference_products_are_taken():
+    w = torch.randn(16, 32)
+    assert handles(torch.randn(1, 1, 32), w) and handles(torch.randn(8, 32), w)
+    assert not handles(torch.randn(9, 32), w)  # a prefill: matrix-matrix
+    assert not handles(torch.randn(1, 32).half(), w.half())
+    assert not handles(torch.randn(1, 32), w.t().contiguous().t()[:, :32])  # a non-contiguous weight view
+    w_grad = w.clone().requires_grad_()
+    assert not handles(torch.randn(1, 32), w_grad)
+    with torch.no_grad():
+        assert handles(torch.randn(1, 32), w_grad)
+
+
+def test_swapped_model_keeps_its_parameters_and_outputs():
+    model = make_tiny_model("tiny-tied", seed=4)
+    before = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 128256, (1, 12))
+    with torch.no_grad():
+        want = model(ids)
+        n = use_cpu_gemv(model)
+        got_prefill = model(ids)
+        got_decode = model(ids[:, :1])
+    assert n == 2 * 7 + 1 and all(type(m) is not nn.Linear for m in model.modules())
+    assert isinstance(model.lm_head, GemvLinear)
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == before
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    torch.testing.assert_close(got_prefill, want, rtol=0, atol=0)  # 12 rows: F.linear as before
+    torch.testing.assert_close(got_decode, want[:, :1], rtol=1e-4, atol=1e-5)  # 1 row: the kernel
+
+
+def test_training_still_gets_gradients():
+    lin = nn.Linear(32, 16, bias=True)
+    ref = nn.Linear(32, 16, bias=True)
+    ref.load_state_dict(lin.state_dict())
+    use_cpu_gemv(lin)
+    assert isinstance(lin, GemvLinear)
+    x = torch.randn(1, 32)
+    lin(x).sum().backward()
+    ref(x).sum().backward()
+    torch.testing.assert_close(lin.weight.grad, ref.weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), ref(x), rtol=1e-5, atol=1e-6)  # kernel path + bias
