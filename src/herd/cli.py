@@ -32,7 +32,10 @@ def _stdout() -> Console:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # soft_wrap: a long path in the message is never broken across lines
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
 
 
