@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -508,6 +509,14 @@ def scaling(
     print(f"D* = {fit.A:.4g} * C^{fit.alpha:.4f} (alpha), L* = {fit.loss_E:.4g} + {fit.loss_B:.4g} * "
           f"C^-{fit.loss_beta:.4f}")
     console.print(f"[green]wrote[/] {out / 'fit.json'}, {out / 'isoflop.png'}")
+
+
+# Each area beyond the core keeps its commands in its own package: a module here defines
+# ``register(app: typer.Typer) -> None`` and keeps its heavy imports inside the commands.
+AREA_COMMANDS: tuple[str, ...] = (
+)
+for _module in AREA_COMMANDS:
+    importlib.import_module(_module).register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -7,12 +7,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from herd.generation.cpu_gemv import GemvLinear, cpu_gemv, gemv_available, handles, use_cpu_gemv
+from herd.generation.cpu_gemv import (
+    GemvLinear,
+    ThreadChoice,
+    cpu_gemv,
+    gemv_available,
+    handles,
+    use_cpu_gemv,
+)
 from tests.conftest import make_tiny_model
 
-pytestmark = pytest.mark.skipif(not gemv_available(), reason="needs x86-64 with AVX2 and a C compiler")
+needs_kernel = pytest.mark.skipif(not gemv_available(), reason="needs x86-64 with AVX2 and a C compiler")
 
 
+def test_thread_choice_follows_the_faster_and_keeps_probing():
+    choice, shape = ThreadChoice(probe_every=4), (64, 64)
+    picks = [choice.pick(shape, 2) for _ in range(8)]
+    assert picks == [2, 2, 2, 1, 2, 2, 2, 1]  # all threads, and every 4th call tries one
+    assert choice.pick(shape, 1) == 1
+    choice.record(shape, 2, nbytes=1000, seconds=1.0)  # two threads: 1 kB/s (a busy machine)
+    choice.record(shape, 1, nbytes=1000, seconds=0.1)  # one thread: 10 kB/s
+    picks = [choice.pick(shape, 2) for _ in range(4)]
+    assert picks == [1, 1, 1, 2]  # now one thread, still trying two now and then
+    for _ in range(10):  # the machine is free again: two threads get faster
+        choice.record(shape, 2, nbytes=1000, seconds=0.01)
+    assert [choice.pick(shape, 2) for _ in range(4)] == [2, 2, 2, 1]
+    assert choice.pick((8, 8), 2) == 2  # each shape keeps its own record
+
+
+@needs_kernel
 @pytest.mark.parametrize("rows", [1, 3, 8])
 @pytest.mark.parametrize("n, k", [(64, 64), (37, 203), (520, 1030)])  # tails in both dimensions
 def test_fp32_products_match_f_linear(rows, n, k):
@@ -21,6 +44,7 @@ def test_fp32_products_match_f_linear(rows, n, k):
     torch.testing.assert_close(cpu_gemv(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
 
 
+@needs_kernel
 @pytest.mark.parametrize("n, k", [(64, 64), (37, 203), (520, 1030)])
 def test_bf16_products_round_like_f_linear(n, k):
     g = torch.Generator().manual_seed(n + k)
@@ -34,6 +58,7 @@ def test_bf16_products_round_like_f_linear(n, k):
     assert ((got.double() - want.double()).abs() <= step).all()
 
 
+@needs_kernel
 def test_bf16_outputs_round_to_nearest_even():
     # small integers: every product and sum is exact in fp32, so the one rounding is the output's
     g = torch.Generator().manual_seed(0)
@@ -44,6 +69,7 @@ def test_bf16_outputs_round_to_nearest_even():
     assert torch.equal(cpu_gemv(x, w), exact.bfloat16())
 
 
+@needs_kernel
 def test_only_few_row_inference_products_are_taken():
     w = torch.randn(16, 32)
     assert handles(torch.randn(1, 1, 32), w) and handles(torch.randn(8, 32), w)
@@ -56,6 +82,7 @@ def test_only_few_row_inference_products_are_taken():
         assert handles(torch.randn(1, 32), w_grad)
 
 
+@needs_kernel
 def test_swapped_model_keeps_its_parameters_and_outputs():
     model = make_tiny_model("tiny-tied", seed=4)
     before = {k: v.data_ptr() for k, v in model.state_dict().items()}
@@ -73,6 +100,7 @@ def test_swapped_model_keeps_its_parameters_and_outputs():
     torch.testing.assert_close(got_decode, want[:, :1], rtol=1e-4, atol=1e-5)  # 1 row: the kernel
 
 
+@needs_kernel
 def test_training_still_gets_gradients():
     lin = nn.Linear(32, 16, bias=True)
     ref = nn.Linear(32, 16, bias=True)

@@ -64,6 +64,23 @@ def test_cached_decode_past_original_rope_context():
     torch.testing.assert_close(got, full_logits(model, prompt)[249:], atol=2e-5, rtol=1e-5)
 
 
+def test_slice_writes_equal_scattered_writes(tiny):
+    """``start`` (every row at start, start+1, ...) writes a slice; the result is the same."""
+    ids = torch.randint(0, 128256, (2, 9), generator=torch.Generator().manual_seed(5))
+    out = []
+    for start in (None, 0):
+        cache = KVCache(tiny.args, 2, 16, dtype=torch.float32, device="cpu")
+        with torch.no_grad():
+            cache.set_positions(torch.arange(8).expand(2, 8), start=start)
+            tiny(ids[:, :8], torch.arange(8).expand(2, 8), cache)
+            cache.set_positions(torch.full((2, 1), 8), start=None if start is None else 8)
+            out.append(tiny(ids[:, 8:], torch.full((2, 1), 8), cache))
+        assert cache.k[1][:, :, 9:].abs().sum() == 0  # nothing written past the positions
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+    for row in range(2):
+        torch.testing.assert_close(out[1][row, 0], full_logits(tiny, ids[row].tolist())[8], atol=2e-5, rtol=1e-5)
+
+
 def test_cache_layout_keeps_kv_heads_unrepeated(tiny):
     cache = KVCache(tiny.args, 2, 48, dtype=torch.bfloat16, device="cpu")
     a = tiny.args

@@ -1,14 +1,18 @@
 """A matrix-vector kernel for decoding on x86 CPUs, and the Linear that uses it.
 
 Decoding one token per row reads every weight once per step, so its speed is the memory
-bandwidth the linear layers achieve. On the AMD EPYC machines herd is developed on,
-``F.linear`` with one row reaches about 16 GB/s (MKL's sgemv and ATen's bf16 gemv read
-about what one core can pull, with one thread or two), while a plain AVX2 loop that
-streams eight weight rows at once against the same input vector, run on every core,
-reaches the ~30 GB/s the memory delivers to two cores. This module compiles that loop
-(C, ~80 lines, built once with the system C compiler and cached) and swaps it into
-``nn.Linear`` for the inputs it handles: CPU, fp32 or bf16, at most ``MAX_ROWS`` rows, no
-gradient. Everything else (prefill, training, CUDA) goes to ``F.linear`` as before.
+bandwidth the linear layers achieve. On the 2-core AMD EPYC (AVX2, no AVX-512) machines
+herd is developed on, ``F.linear`` with one row reaches about 16 GB/s: MKL's sgemv and
+ATen's bf16 gemv read about what one core can pull, with one thread or two, and ATen's
+OpenMP gemv falls to a few GB/s when another process wants a core. A plain AVX2 loop
+that streams eight weight rows at once against the input vector, on every core, reaches
+25-35 GB/s there.
+
+This module builds that loop (C, once, with the system C compiler; the .so is cached)
+and swaps it into ``nn.Linear`` for the products it handles: CPU, fp32 or bf16, at most
+``MAX_ROWS`` rows, no gradient. Everything else (prefill, training, CUDA) goes to
+``F.linear`` as before. The kernel runs on torch's OpenMP threads (``ThreadChoice``
+falls back to one thread while another process makes two slower).
 
 Results equal ``F.linear``'s up to the order of the fp32 additions (the kernel
 accumulates in fp32, as MKL and ATen do, and rounds bf16 outputs to nearest-even).
@@ -19,11 +23,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -36,9 +42,8 @@ PARALLEL_BYTES = 1 << 20  # smaller weights are read by the calling thread alone
 
 _SOURCE = r"""
 #include <immintrin.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ROWS 8
@@ -91,121 +96,38 @@ static void NAME(const float *x, const void *w, long K, int rows, float *out) { 
 DOT_ROWS(dot_rows_f32, load8_f32, get_f32)
 DOT_ROWS(dot_rows_bf16, load8_bf16, get_bf16)
 
-/* ---- one product, split in chunks of CHUNK blocks that threads claim as they go ---- */
-
-#define CHUNK 16
-
-typedef struct {
-  const float *xf; const void *w; void *y; long B, N, K; int bf16, helpers;
-} job_t;
-
-static void do_blocks(const job_t *j, long first, long last) {
-  size_t elem = j->bf16 ? 2 : 4;
-  float out[ROWS];
-  for (long blk = first; blk < last; blk++) {
+/* y (B, N) = x (B, K) @ w (N, K)^T, all fp32 (bf16 == 0) or all bf16. The rows of w are
+   split evenly over `threads` OpenMP threads (torch's own team). Returns 1 when out of memory. */
+int herd_gemv(const void *x, const void *w, void *y, long B, long N, long K, int bf16, int threads) {
+  long blocks = (N + ROWS - 1) / ROWS;
+  size_t elem = bf16 ? 2 : 4;
+  float *xf = (float *)x, *buffer = NULL;
+  if (bf16) {  /* the input vector in fp32, once per call */
+    xf = buffer = (float *)malloc(sizeof(float) * B * K);
+    if (!buffer) return 1;
+    for (long i = 0; i < B * K; i++) xf[i] = get_bf16(x, i);
+  }
+  #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (long blk = 0; blk < blocks; blk++) {
     long n0 = blk * ROWS;
-    int rows = (int)(j->N - n0 < ROWS ? j->N - n0 : ROWS);
-    const void *wb = (const char *)j->w + (size_t)n0 * j->K * elem;
-    for (long b = 0; b < j->B; b++) {
-      if (j->bf16) dot_rows_bf16(j->xf + b * j->K, wb, j->K, rows, out);
-      else dot_rows_f32(j->xf + b * j->K, wb, j->K, rows, out);
+    int rows = (int)(N - n0 < ROWS ? N - n0 : ROWS);
+    const void *wb = (const char *)w + (size_t)n0 * K * elem;
+    float out[ROWS];
+    for (long b = 0; b < B; b++) {
+      if (bf16) dot_rows_bf16(xf + b * K, wb, K, rows, out);
+      else dot_rows_f32(xf + b * K, wb, K, rows, out);
       for (int r = 0; r < rows; r++) {
-        if (j->bf16) ((uint16_t *)j->y)[b * j->N + n0 + r] = to_bf16(out[r]);
-        else ((float *)j->y)[b * j->N + n0 + r] = out[r];
+        if (bf16) ((uint16_t *)y)[b * N + n0 + r] = to_bf16(out[r]);
+        else ((float *)y)[b * N + n0 + r] = out[r];
       }
     }
   }
-}
-
-/* The current job's number sits in the high half of `claim`, its next free block in the
-   low half: a thread holding a finished job's copy can never claim blocks of a new one. */
-static uint64_t claim;
-static long done_blocks;
-
-static void work(const job_t *j, uint32_t seq) {
-  long blocks = (j->N + ROWS - 1) / ROWS;
-  uint64_t c = __atomic_load_n(&claim, __ATOMIC_ACQUIRE);
-  for (;;) {
-    if ((uint32_t)(c >> 32) != seq || (long)(uint32_t)c >= blocks) return;
-    if (!__atomic_compare_exchange_n(&claim, &c, c + CHUNK, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-      continue;  /* c now holds the newer value: look again */
-    long first = (long)(uint32_t)c, last = first + CHUNK < blocks ? first + CHUNK : blocks;
-    do_blocks(j, first, last);
-    __atomic_fetch_add(&done_blocks, last - first, __ATOMIC_RELEASE);
-    c = __atomic_load_n(&claim, __ATOMIC_ACQUIRE);
-  }
-}
-
-/* ---- helper threads: spin a little after each job, then sleep until the next ---- */
-
-#define MAX_HELPERS 63
-#define SPINS 4000  /* pause instructions (~50-100 us) before a helper sleeps */
-
-static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;  /* one product at a time */
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;       /* guards job, seq */
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-static job_t job;
-static uint32_t seq;
-static int started;
-
-static void *helper_main(void *arg) {
-  int index = (int)(long)arg;
-  uint32_t seen = 0;
-  for (;;) {
-    for (int i = 0; i < SPINS && __atomic_load_n(&seq, __ATOMIC_ACQUIRE) == seen; i++) _mm_pause();
-    pthread_mutex_lock(&mu);
-    while (seq == seen) pthread_cond_wait(&cv, &mu);
-    job_t j = job;
-    seen = seq;
-    pthread_mutex_unlock(&mu);
-    if (index < j.helpers) work(&j, seen);
-  }
-  return NULL;
-}
-
-static void lock_all(void) { pthread_mutex_lock(&call_mu); pthread_mutex_lock(&mu); }
-static void unlock_all(void) { pthread_mutex_unlock(&mu); pthread_mutex_unlock(&call_mu); }
-static void forget_helpers(void) {  /* in a forked child: no helpers, fresh locks */
-  unlock_all();
-  pthread_mutex_init(&call_mu, NULL);
-  pthread_mutex_init(&mu, NULL);
-  pthread_cond_init(&cv, NULL);
-  started = 0;
-}
-
-/* y (B, N) = xf (B, K) @ w (N, K)^T on the calling thread and up to threads - 1 helpers.
-   w is fp32 (bf16 == 0) or bf16, y has w's dtype, xf is fp32. The caller waits only for
-   blocks a helper has claimed: a helper the OS has not run yet finds no work left. */
-int herd_gemv(const float *xf, const void *w, void *y, long B, long N, long K, int bf16, int threads) {
-  long blocks = (N + ROWS - 1) / ROWS;
-  job_t j = {xf, w, y, B, N, K, bf16, threads - 1 < MAX_HELPERS ? threads - 1 : MAX_HELPERS};
-  if (j.helpers <= 0) { do_blocks(&j, 0, blocks); return 0; }
-  pthread_mutex_lock(&call_mu);
-  pthread_mutex_lock(&mu);
-  if (started == 0) pthread_atfork(lock_all, unlock_all, forget_helpers);
-  for (; started < j.helpers; started++) {
-    pthread_t t;
-    if (pthread_create(&t, NULL, helper_main, (void *)(long)started) != 0) break;
-    pthread_detach(t);
-  }
-  if (j.helpers > started) j.helpers = started;
-  job = j;
-  uint32_t s = seq + 1;
-  __atomic_store_n(&seq, s, __ATOMIC_RELEASE);
-  __atomic_store_n(&done_blocks, 0, __ATOMIC_RELAXED);
-  __atomic_store_n(&claim, (uint64_t)s << 32, __ATOMIC_RELEASE);
-  pthread_cond_broadcast(&cv);
-  pthread_mutex_unlock(&mu);
-  work(&j, s);
-  for (int i = 0; __atomic_load_n(&done_blocks, __ATOMIC_ACQUIRE) < blocks; i++) {
-    if (i < SPINS) _mm_pause(); else sched_yield();  /* a helper is finishing its last chunk */
-  }
-  pthread_mutex_unlock(&call_mu);
+  free(buffer);
   return 0;
 }
 """
 
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-pthread", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
 def _cache_dir() -> Path:
@@ -229,7 +151,7 @@ def _build() -> ctypes.CDLL:
             if done.returncode != 0:
                 raise RuntimeError(f"{compiler} failed to build the gemv kernel:\n{done.stderr[-2000:]}")
             os.replace(out, lib_path)  # atomic: a concurrent build never loads half a file
-    lib = ctypes.CDLL(str(lib_path))  # ctypes releases the GIL for the length of each call
+    lib = ctypes.CDLL(str(lib_path))  # its libgomp.so.1 is the one torch has loaded: one team
     lib.herd_gemv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
     lib.herd_gemv.restype = ctypes.c_int
     return lib
@@ -253,16 +175,53 @@ def gemv_available() -> bool:
     return _library() is not None
 
 
+class ThreadChoice:
+    """All of torch's threads or one, per weight shape, whichever has been faster lately.
+
+    With the machine to itself the kernel reads twice as fast on two cores as on one; but
+    an OpenMP team waits for its slowest thread, and when another process wants a core
+    that wait made two threads four times slower than one. So each shape keeps a moving
+    average of the bandwidth each choice reached, and every ``probe_every``-th product of
+    that shape tries the other choice, to notice when the machine changes.
+    """
+
+    def __init__(self, probe_every: int = 32, smoothing: float = 0.3) -> None:
+        self.probe_every, self.smoothing = probe_every, smoothing
+        self.rate: dict[tuple[tuple[int, ...], int], float] = {}  # (shape, threads) -> bytes/s
+        self.calls: dict[tuple[int, ...], int] = {}
+
+    def pick(self, shape: tuple[int, ...], threads: int) -> int:
+        if threads <= 1:
+            return 1
+        n = self.calls[shape] = self.calls.get(shape, 0) + 1
+        many, one = self.rate.get((shape, threads), math.inf), self.rate.get((shape, 1), 0.0)
+        best, other = (threads, 1) if many >= one else (1, threads)
+        return other if n % self.probe_every == 0 else best
+
+    def record(self, shape: tuple[int, ...], threads: int, nbytes: int, seconds: float) -> None:
+        rate, key = nbytes / max(seconds, 1e-9), (shape, threads)
+        old = self.rate.get(key)
+        self.rate[key] = rate if old is None else old + self.smoothing * (rate - old)
+
+
+_threads = ThreadChoice()
+_BF16 = {torch.float32: 0, torch.bfloat16: 1}  # the dtypes the kernel takes: is it bf16?
+
+
 def _gemv_eager(x: Tensor, weight: Tensor) -> Tensor:
-    """The product on the calling thread and ``torch.get_num_threads() - 1`` helper threads
-    of the kernel's own (small weights: the calling thread alone)."""
     n, k = weight.shape
-    xf = x.reshape(-1, k).float().contiguous()
-    y = torch.empty(xf.shape[0], n, dtype=x.dtype)
-    big = weight.numel() * weight.element_size() >= PARALLEL_BYTES
-    _library().herd_gemv(xf.data_ptr(), weight.data_ptr(), y.data_ptr(), xf.shape[0], n, k,
-                         int(x.dtype == torch.bfloat16), torch.get_num_threads() if big else 1)
-    return y.view(*x.shape[:-1], n)
+    x = x if x.is_contiguous() else x.contiguous()
+    y = x.new_empty((*x.shape[:-1], n))
+    nbytes = weight.numel() * weight.element_size()
+    shape = (n, k)
+    threads = _threads.pick(shape, torch.get_num_threads()) if nbytes >= PARALLEL_BYTES else 1
+    start = time.perf_counter()
+    if _library().herd_gemv(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // k, n, k,
+                            _BF16[x.dtype], threads):
+        raise MemoryError("herd_gemv: no memory for the fp32 copy of its input")
+    if threads > 1 or nbytes >= PARALLEL_BYTES:
+        _threads.record(shape, threads, nbytes, time.perf_counter() - start)
+    return y
 
 
 @torch.library.custom_op("herd::cpu_gemv", mutates_args=())
@@ -279,9 +238,9 @@ def _(x: Tensor, weight: Tensor) -> Tensor:
 def handles(x: Tensor, weight: Tensor) -> bool:
     """Whether ``cpu_gemv`` takes this product (else ``F.linear`` does)."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype
-        and x.dtype in (torch.float32, torch.bfloat16)
+        x.is_cpu
+        and x.dtype is weight.dtype
+        and x.dtype in _BF16
         and x.numel() <= MAX_ROWS * x.shape[-1]
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))

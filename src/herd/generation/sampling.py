@@ -187,6 +187,33 @@ def sample(logits: Tensor, sequences: Sequence[SequenceState]) -> tuple[list[int
 
     Returns the token ids and, for requests that asked for them, their logprobs.
     """
+    return pick(logits, sequences).read()
+
+
+@dataclass
+class Picked:
+    """Tokens chosen on the logits' device and not read back yet: ``tokens`` can feed the
+    next forward pass while the host is busy; ``read()`` waits for them."""
+
+    tokens: Tensor  # (B,) long
+    params: list[SamplingParams]
+    logprob_rows: list[int]  # rows that asked for logprobs
+    logprob_values: tuple[Tensor, Tensor, Tensor] | None  # chosen (W,), top values (W, n), top ids (W, n)
+
+    def read(self) -> tuple[list[int], list[TokenLogprob | None]]:
+        tokens = self.tokens.tolist()
+        out: list[TokenLogprob | None] = [None] * len(tokens)
+        if self.logprob_values is not None:
+            chosen, top_v, top_i = (t.tolist() for t in self.logprob_values)
+            for j, i in enumerate(self.logprob_rows):
+                k = self.params[i].logprobs
+                out[i] = TokenLogprob(tokens[i], chosen[j], list(zip(top_i[j][:k], top_v[j][:k], strict=True)))
+        return tokens, out
+
+
+def pick(logits: Tensor, sequences: Sequence[SequenceState]) -> Picked:
+    """``sample`` without reading the result back. Greedy rows with no processor or
+    penalty never wait for the device; the truncations of sampled rows may."""
     if logits.dim() != 2 or logits.shape[0] != len(sequences):
         raise ValueError(f"logits must be ({len(sequences)}, vocab), got shape {tuple(logits.shape)}")
     raw = logits.float()
@@ -206,16 +233,24 @@ def sample(logits: Tensor, sequences: Sequence[SequenceState]) -> tuple[list[int
     if not all(greedy):
         temperature = torch.tensor([p.temperature or 1.0 for p in params], device=raw.device)
         x = x / temperature[:, None]
-        x = apply_top_k(x, _param_tensor(params, "top_k", raw, dtype=torch.long))
-        x = apply_top_p(x, _param_tensor(params, "top_p", raw))
-        x = apply_min_p(x, _param_tensor(params, "min_p", raw))
+        if any(p.top_k > 0 for p in params):
+            x = apply_top_k(x, _param_tensor(params, "top_k", raw, dtype=torch.long))
+        if any(p.top_p < 1 for p in params):
+            x = apply_top_p(x, _param_tensor(params, "top_p", raw))
+        if any(p.min_p > 0 for p in params):
+            x = apply_min_p(x, _param_tensor(params, "min_p", raw))
         probs = x.softmax(dim=-1)
         for i, s in enumerate(sequences):
             if not greedy[i]:
                 tokens[i] = _draw(probs[i], s.generator(raw.device))
 
-    token_list = tokens.tolist()
-    return token_list, _logprobs(raw, token_list, params)
+    rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+    values = None
+    if rows:
+        logp = raw[rows].log_softmax(dim=-1)
+        chosen = logp.gather(-1, tokens[rows][:, None])[:, 0]
+        values = (chosen, *logp.topk(max(params[i].logprobs for i in rows), dim=-1))
+    return Picked(tokens, params, rows, values)
 
 
 def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -227,22 +262,6 @@ def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def _param_tensor(params: list[SamplingParams], name: str, like: Tensor, dtype=torch.float32) -> Tensor:
     return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=like.device)
-
-
-def _logprobs(raw: Tensor, tokens: list[int], params: list[SamplingParams]) -> list[TokenLogprob | None]:
-    wanted = [i for i, p in enumerate(params) if p.logprobs is not None]
-    out: list[TokenLogprob | None] = [None] * len(params)
-    if not wanted:
-        return out
-    logp = raw[wanted].log_softmax(dim=-1)
-    n = max(params[i].logprobs for i in wanted)
-    chosen = logp.gather(-1, torch.tensor([tokens[i] for i in wanted], device=raw.device)[:, None])[:, 0]
-    top_v, top_i = logp.topk(n, dim=-1) if n else (logp[:, :0], logp[:, :0].long())
-    chosen, top_v, top_i = chosen.tolist(), top_v.tolist(), top_i.tolist()
-    for j, i in enumerate(wanted):
-        k = params[i].logprobs
-        out[i] = TokenLogprob(tokens[i], chosen[j], list(zip(top_i[j][:k], top_v[j][:k], strict=True)))
-    return out
 
 
 # --------------------------------------------------------------------------- text
@@ -364,6 +383,11 @@ class SequenceState:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def will_continue(self) -> bool:
+        """Whether the token being sampled now can be followed by another (not finished,
+        and room left under max_new_tokens after it)."""
+        return not self.finished and len(self.output_ids) + 1 < self.max_new_tokens
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The request's own random generator (None, the global one, when unseeded)."""
