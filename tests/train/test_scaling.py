@@ -194,3 +194,37 @@ def test_cli_scaling(tmp_path):
     assert "alpha" in result.output
     bad = CliRunner().invoke(app, ["scaling", "--runs", str(tmp_path / "none.jsonl"), "--out", str(out)])
     assert bad.exit_code == 2 and "none.jsonl" in bad.output
+
+
+def test_grid_trained_by_herd_pretrain(tmp_path):
+    """The grid's points go through the real trainer: each run has the point's shape and
+    enough steps for its tokens, and the results file resumes. (Runs this small make no
+    parabola: the fit itself is tested on synthetic losses above.)"""
+    from herd.train.scaling import plan_isoflop_grid, pretrain_train_fn, run_isoflop_grid
+
+    from .helpers import tiny_config
+
+    base = ModelArgs.from_name("tiny-nope")
+    family = [base.replace(n_layers=n, dim=d, n_heads=d // 8, n_kv_heads=d // 8)
+              for n, d in [(1, 8), (1, 16), (1, 32), (2, 32), (2, 48), (3, 64)]]
+    plan = plan_isoflop_grid([2e8], base, points_per_budget=3, tokens_per_param=0.05, spread=3,
+                             family=family)
+    cfg = tiny_config(tmp_path / "unused", data={"seq_len": 32}, train={"global_batch_rows": 16},
+                      checkpoint={"keep_last": 1})
+    results = tmp_path / "grid.jsonl"
+    runs = run_isoflop_grid(plan, pretrain_train_fn(cfg, tmp_path / "grid"), results)
+    assert len(runs) == len(plan) == 3
+    for point in plan:
+        run_cfg = json.loads((tmp_path / "grid" / point.name / "config.json").read_text())
+        assert run_cfg["model"]["overrides"]["dim"] == point.args.dim
+        assert run_cfg["train"]["steps"] == math.ceil(point.tokens / (16 * 32))
+        records = [json.loads(line) for line in (tmp_path / "grid" / point.name / "metrics.jsonl").open()]
+        steps = [r for r in records if "step" in r]
+        assert len(steps) == run_cfg["train"]["steps"]
+        run = next(r for r in runs if r.params == point.params and r.compute_flops == point.compute_flops)
+        assert run.loss < steps[0]["loss"]  # it trained: the returned loss is below the first step's
+
+    def never(point):
+        raise AssertionError(f"{point.name} was trained again")
+
+    assert run_isoflop_grid(plan, never, results) == runs  # resumed from the results file

@@ -83,7 +83,8 @@ class TokenizeSummary:
 # -- reading -------------------------------------------------------------------------------
 
 
-def _base_suffix(path: Path) -> str:
+def base_suffix(path: Path) -> str:
+    """The suffix that says the format (".jsonl", ".txt"), under any .gz or .zst."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
         suffixes = suffixes[:-1]
@@ -97,12 +98,12 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir()
-                           if p.is_file() and _base_suffix(p) in JSONL_SUFFIXES + TEXT_SUFFIXES)
+                           if p.is_file() and base_suffix(p) in JSONL_SUFFIXES + TEXT_SUFFIXES)
             if not found:
                 raise CorpusError(f"{path}: directory holds no .jsonl/.json/.txt files (optionally .gz/.zst)")
             files.extend(found)
         elif path.is_file():
-            if _base_suffix(path) not in JSONL_SUFFIXES + TEXT_SUFFIXES:
+            if base_suffix(path) not in JSONL_SUFFIXES + TEXT_SUFFIXES:
                 raise CorpusError(f"{path}: unknown input type (expected .jsonl, .json, .ndjson or .txt, "
                                   f"optionally .gz/.zst)")
             files.append(path)
@@ -129,7 +130,7 @@ def open_text(path: Path) -> TextIO:
 def read_records(files: Sequence[Path]) -> Iterator[_Record]:
     """Every record of every file, lazily: JSONL lines (unparsed) or whole text files."""
     for index, path in enumerate(files):
-        is_json = _base_suffix(path) in JSONL_SUFFIXES
+        is_json = base_suffix(path) in JSONL_SUFFIXES
         lineno = 0
         try:
             with open_text(path) as f:

@@ -156,21 +156,29 @@ def read_records(paths: Sequence[str | os.PathLike], *, text_field: str = "text"
                  lang_field: str | None = None) -> Iterator[tuple[str, str | None]]:
     """``(text, language)`` from JSON Lines files (``text_field``, dotted for nesting) or
     plain-text files (``.txt``: read in ~1 MB pieces cut at line ends; the language is the
-    file's stem). Errors name the file and line."""
+    file's stem), either optionally compressed (``.gz``, ``.zst``) as ``herd tokenize``
+    reads them. Errors name the file and line."""
+    from herd.data.tokenize import base_suffix
+
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
-        if path.suffix in (".jsonl", ".json", ".ndjson"):
+        kind = base_suffix(path)
+        if kind in (".jsonl", ".json", ".ndjson"):
             yield from _read_jsonl(path, text_field, lang_field)
-        elif path.suffix == ".txt":
-            yield from ((chunk, path.stem) for chunk in _read_txt(path))
+        elif kind == ".txt":
+            stem = path.name[: -len("".join(path.suffixes))] if path.suffixes else path.name
+            yield from ((chunk, stem) for chunk in _read_txt(path))
         else:
-            raise ValueError(f"{path}: unsupported input type {path.suffix!r} (use .jsonl or .txt)")
+            raise ValueError(f"{path}: unsupported input type {path.suffix!r} "
+                             f"(use .jsonl or .txt, optionally .gz/.zst)")
 
 
 def _read_jsonl(path: Path, text_field: str, lang_field: str | None) -> Iterator[tuple[str, str | None]]:
-    with path.open(encoding="utf-8") as f:
+    from herd.data.tokenize import open_text
+
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -186,7 +194,9 @@ def _read_jsonl(path: Path, text_field: str, lang_field: str | None) -> Iterator
 
 
 def _read_txt(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
+    from herd.data.tokenize import open_text
+
+    with open_text(path) as f:
         while True:
             chunk = f.read(_TXT_CHUNK_CHARS)
             if not chunk:

@@ -33,6 +33,9 @@ class ModelConfig:
     preset: str = "tiny"  # a herd.model preset name
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelArgs fields, e.g. {n_layers = 4}
     init_std: float = 0.02
+    # start from these weights instead of a random init (a model directory, native or Meta
+    # layout, e.g. an earlier run's final/): long-context and annealing stages, post-training
+    init_from: str | None = None
 
 
 @dataclass

@@ -134,6 +134,34 @@ def _init_from_rank0(model: nn.Module, args: ModelArgs, info: DistInfo, init_std
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
+# ModelArgs fields that fix the weights' shapes; the rest (RoPE theta and scaling, the
+# context length, token ids) may change when training continues from a checkpoint.
+SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim", "head_dim", "tie_word_embeddings")
+
+
+def load_initial_weights(model: nn.Module, path: str | os.PathLike, args: ModelArgs, info: DistInfo) -> None:
+    """Replace ``model``'s initial weights with a checkpoint's (native or Meta layout): the
+    start of a continued stage (long context, annealing) or of post-training. Rank 0 reads
+    the file; a sharded model receives its shards by broadcast. The checkpoint's shapes
+    must match ``args``; its RoPE settings and context length need not."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from herd.checkpoint import load_any
+
+    full: dict[str, torch.Tensor] = {}
+    if info.is_main:
+        source = load_any(path, dtype=torch.float32)
+        for name in SHAPE_FIELDS:
+            have, want = getattr(source.args, name), getattr(args, name)
+            if have != want:
+                raise ValueError(f"model.init_from {path}: its {name} is {have}, the run's model has {want}")
+        full = source.state_dict()
+    if not info.sharded:
+        model.load_state_dict({k: v.to(info.device) for k, v in full.items()})
+        return
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
 def wrap_blocks(model: Transformer, *, activation_checkpointing: bool, compile: bool) -> None:
     """Per-block activation checkpointing and torch.compile (torchtitan's granularity).
 

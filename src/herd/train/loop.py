@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from herd.train.distributed import (
     build_model,
     full_state_dict,
     init_distributed,
+    load_initial_weights,
     shutdown_distributed,
 )
 from herd.train.faults import FaultMonitor, TrainingFault
@@ -60,23 +62,33 @@ class TrainResult:
     stopped_by_signal: bool = False
 
 
-def pretrain(config: Config, *, objective: Objective | None = None, loader: Any = None) -> TrainResult:
+def pretrain(config: Config, *, objective: Objective | None = None, loader: Any = None,
+             prepare_model: Callable[[nn.Module, DistInfo], nn.Module] | None = None,
+             export: Callable[[nn.Module, ModelArgs, DistInfo, Path], Path | None] | None = None) -> TrainResult:
     """Train as ``config`` says, resuming from ``run_dir/checkpoints`` when it can.
 
     Under torchrun every process calls this; the model is sharded with FSDP2 over all of
     them. ``objective`` defaults to the causal-LM loss; ``loader`` (anything with
     ``next_batch(global_rows)`` / ``state_dict`` / ``load_state_dict``) to a
-    ``PackedLoader`` over ``config.data``.
+    ``PackedLoader`` over ``config.data``. A batch that is not a ``Batch`` brings its own
+    ``split(micro_rows)`` and ``to(device)`` and an ``n_targets`` count.
+
+    Post-training hooks: ``prepare_model(model, info)`` runs on the freshly built model
+    before the optimizer sees it (load base weights, add adapters or heads, freeze
+    parameters; frozen ones get no optimizer state); ``export(model, args, info, dir)``
+    replaces the final HF export (adapters in PEFT's layout, a reward model).
     """
     config.validate()
     info = init_distributed(config.train.device)
     try:
-        return _train(config, info, objective, loader)
+        return _train(config, info, objective, loader, prepare_model, export)
     finally:
         shutdown_distributed(info)
 
 
-def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any) -> TrainResult:
+def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any,
+           prepare_model: Callable[[nn.Module, DistInfo], nn.Module] | None = None,
+           export: Callable[[nn.Module, ModelArgs, DistInfo, Path], Path | None] | None = None) -> TrainResult:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
@@ -93,6 +105,13 @@ def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any
     model = build_model(args, info, init_std=cfg.model.init_std, seed=cfg.train.seed,
                         activation_checkpointing=cfg.train.activation_checkpointing, compile=cfg.train.compile,
                         mixed_precision=amp_dtype if info.sharded else None)
+    if cfg.model.init_from:
+        try:
+            load_initial_weights(model, cfg.model.init_from, args, info)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from None
+    if prepare_model is not None:
+        model = prepare_model(model, info)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     ramp = BatchRamp.from_config(cfg.train.global_batch_rows, cfg.train.batch_ramp)
@@ -140,9 +159,12 @@ def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any
         batch = loader.next_batch(global_rows)  # this rank's rows of the global batch
         micro_batches = split_batch(batch, cfg.train.micro_batch_rows)
         n_targets = all_reduce_sum([float(batch.n_targets)], info)[0]  # before any backward
+        extra: dict[str, float] = {}  # the objective's metrics, summed over micro-batches
         loss_sum = accumulate_gradients(model, objective, micro_batches, n_targets=n_targets, info=info,
-                                        autocast=autocast, poison=faults.inject(step))
+                                        autocast=autocast, poison=faults.inject(step), metrics=extra)
         loss = all_reduce_sum([loss_sum], info)[0] / max(n_targets, 1.0)
+        extra = dict(zip(extra, (v / max(n_targets, 1.0) for v in all_reduce_sum(list(extra.values()), info)),
+                         strict=True))
         grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
         lr = scheduler.apply(step)
 
@@ -158,7 +180,8 @@ def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any
         tokens_per_s = global_rows * cfg.data.seq_len / elapsed
         record = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": tokens_seen,
                   "rows": global_rows, "n_targets": int(n_targets), "tokens_per_s": tokens_per_s,
-                  "mfu": mfu(tokens_per_s, flops_per_token, peak, info.world_size), "step_time_s": elapsed}
+                  "mfu": mfu(tokens_per_s, flops_per_token, peak, info.world_size), "step_time_s": elapsed,
+                  **extra}
         if not verdict.ok:
             record["fault"] = verdict.reason
             record["action"] = cfg.faults.action
@@ -204,7 +227,10 @@ def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any
     steps_done = ckpt.steps()
     result.checkpoint = ckpt.root / f"step-{steps_done[-1]:06d}" if steps_done else None
     if step >= cfg.train.steps and cfg.checkpoint.export:
-        result.export_dir = export_model(model, args, info, run_dir / "final", tokenizer=cfg.data.tokenizer)
+        if export is not None:
+            result.export_dir = export(model, args, info, run_dir / "final")
+        else:
+            result.export_dir = export_model(model, args, info, run_dir / "final", tokenizer=cfg.data.tokenizer)
     return result
 
 
@@ -213,21 +239,27 @@ def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any
 
 def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: list[Batch], *,
                          n_targets: float, info: DistInfo = DistInfo(),
-                         autocast: Any = contextlib.nullcontext(), poison: bool = False) -> float:
+                         autocast: Any = contextlib.nullcontext(), poison: bool = False,
+                         metrics: dict[str, float] | None = None) -> float:
     """Forward and backward every micro-batch; returns this rank's loss sum.
 
     Each micro-batch's loss SUM is divided by ``n_targets``, the target count of the whole
     step over all micro-batches and ranks, so the accumulated gradient is exactly that of
     the mean loss over the global batch, however unevenly the targets fall. FSDP2 averages
     gradients over ranks, so the loss is also multiplied by the world size. ``poison``
-    (a test hook for fault handling) turns the loss into NaN.
+    (a test hook for fault handling) turns the loss into NaN. ``metrics``, when given,
+    receives the sum over micro-batches of each metric the objective returns (objectives
+    return sums over their targets; the loop divides by the step's target count).
     """
     scale = info.world_size / max(n_targets, 1.0)
     loss_sum = 0.0
     for i, micro in enumerate(micro_batches):
         _sync_gradients(model, i == len(micro_batches) - 1)
         with autocast:
-            micro_loss, _, _ = objective(model, to_device(micro, info.device))
+            micro_loss, _, micro_metrics = objective(model, to_device(micro, info.device))
+        if metrics is not None:
+            for key, value in micro_metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + float(value)
         if poison and i == 0:
             micro_loss = micro_loss * float("nan")
         (micro_loss * scale).backward()
@@ -275,6 +307,8 @@ def _expand_paths(paths: list[str], source: str) -> list[Path]:
 
 def split_batch(batch: Batch, micro_rows: int) -> list[Batch]:
     """Micro-batches of ``micro_rows`` rows (the last may be smaller), each with its own target count."""
+    if not isinstance(batch, Batch):
+        return batch.split(micro_rows)  # post-training batches (pairs, rollouts) split themselves
     rows = batch.tokens.shape[0]
     out = []
     for start in range(0, rows, micro_rows):
@@ -289,6 +323,8 @@ def split_batch(batch: Batch, micro_rows: int) -> list[Batch]:
 def to_device(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
+    if not isinstance(batch, Batch):
+        return batch.to(device)
     return dataclasses.replace(batch, **{f: getattr(batch, f).to(device, non_blocking=True)
                                          for f in ("tokens", "labels", "document_ids", "positions")})
 

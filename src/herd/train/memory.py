@@ -40,9 +40,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from herd.model import ModelArgs
+
+if TYPE_CHECKING:
+    from herd.train.config import Config
 
 Attention = Literal["flash", "dense_mask"]
 Optimizer = Literal["adamw", "sgd", "none"]
@@ -238,3 +241,21 @@ def check_fits(estimate: MemoryEstimate, device_bytes: int, *, headroom: float =
         hints.append("shard over more data-parallel ranks (FSDP) or use tensor parallelism")
     return (f"estimated peak memory {estimate.total / GiB:.1f} GiB exceeds {headroom:.0%} of the device's "
             f"{device_bytes / GiB:.1f} GiB (largest: {', '.join(biggest)}); " + "; ".join(hints))
+
+
+def estimate_for_config(cfg: Config, *, world_size: int = 1, device: str = "cpu") -> MemoryEstimate:
+    """The estimate for a training run's config on ``world_size`` ranks of ``device``: the
+    trainer's own choices (fp32 master weights, bf16 autocast on one GPU or FSDP2
+    mixed precision when sharded, AdamW, chunked cross-entropy, the dense document mask
+    that SDPA gets on a CPU)."""
+    args = ModelArgs.from_name(cfg.model.preset, **cfg.model.overrides)
+    dtype = cfg.train.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dense = cfg.data.document_masking and not device.startswith("cuda")
+    return estimate_memory(args, seq_len=cfg.data.seq_len, micro_batch_rows=cfg.train.micro_batch_rows,
+                           dp=world_size, param_dtype=dtype, master_fp32=True,
+                           autocast=world_size == 1 and dtype != "float32",
+                           activation_checkpointing=cfg.train.activation_checkpointing,
+                           chunked_ce_chunk=cfg.train.loss_chunk_size,
+                           attention="dense_mask" if dense else "flash")

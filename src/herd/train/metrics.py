@@ -10,6 +10,7 @@ or given with ``metrics.peak_flops``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -93,12 +94,22 @@ class MetricsLog:
             return
         if self._file is None:
             self._file = self.path.open("a", buffering=1)
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def strict_json(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with each NaN or infinite float as null (plain JSON has no NaN: a NaN loss
+    would make the line unreadable to jq, pandas' strict parsers and JavaScript), and
+    ``"nonfinite": [keys]`` naming the values that were so."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return record
+    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -24,11 +25,12 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         raise ValueError(f"{path} holds no step records")
     steps = [r["step"] for r in records]
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
-    ok = [(s, r["loss"]) for s, r in zip(steps, records, strict=True) if "fault" not in r]
+    ok = [(s, r["loss"]) for s, r in zip(steps, records, strict=True) if "fault" not in r and r["loss"] is not None]
     bad = [(s, r["loss"]) for s, r in zip(steps, records, strict=True) if "fault" in r]
     ax_loss.plot([s for s, _ in ok], [v for _, v in ok], lw=1.2, label="loss")
     if bad:
-        finite = [(s, v if v == v and abs(v) != float("inf") else max(v for _, v in ok)) for s, v in bad]
+        top = max((v for _, v in ok if v is not None), default=0.0)  # non-finite losses are null: draw them on top
+        finite = [(s, v if v is not None and math.isfinite(v) else top) for s, v in bad]
         ax_loss.scatter([s for s, _ in finite], [v for _, v in finite], color="red", marker="x", label="fault")
     ax_loss.set_ylabel("loss (nats / token)")
     ax_loss.set_title(run_dir.name)

@@ -16,17 +16,22 @@ results as JSON Lines that ``read_runs`` / ``fit_isoflop`` take back.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from herd.model import ModelArgs
+
+if TYPE_CHECKING:
+    from herd.train.config import Config
 
 
 @dataclass(frozen=True)
@@ -299,3 +304,37 @@ def plot_isoflop(fit: ScalingFit, path: str | os.PathLike) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def pretrain_train_fn(base: Config, out_dir: str | os.PathLike, *,
+                      heldout: Sequence[str | os.PathLike] | None = None,
+                      heldout_tokens: int | None = 65536) -> Callable[[GridPoint], float]:
+    """A ``train_fn`` for :func:`run_isoflop_grid` that trains each point with herd's own
+    trainer: ``base`` with the point's model shape and as many steps as its token budget
+    needs (``global_batch_rows * seq_len`` tokens per step, rounded up), in
+    ``out_dir/<point name>``. The loss it returns is the held-out loss of the final model on
+    ``heldout`` shards when given, else the mean training loss of the last 10% of steps
+    (single-epoch data makes the two close)."""
+    from herd.train.heldout import heldout_loss
+    from herd.train.loop import pretrain
+
+    def train(point: GridPoint) -> float:
+        cfg = copy.deepcopy(base)
+        tokens_per_step = cfg.train.global_batch_rows * cfg.data.seq_len
+        cfg.run_dir = str(Path(out_dir) / point.name)
+        cfg.model.overrides = asdict(point.args)
+        cfg.train.steps = max(1, math.ceil(point.tokens / tokens_per_step))
+        cfg.train.batch_ramp = []
+        cfg.checkpoint.export = heldout is not None
+        cfg.schedule.warmup_steps = min(cfg.schedule.warmup_steps, cfg.train.steps // 5)
+        result = pretrain(cfg.validate())
+        if heldout is not None:
+            from herd.checkpoint import load_pretrained
+
+            model = load_pretrained(result.export_dir, dtype=torch.float32)
+            return heldout_loss(model, heldout, seq_len=cfg.data.seq_len, max_tokens=heldout_tokens).loss
+        losses = [loss for _, loss in sorted(result.losses.items())]
+        tail = losses[-max(1, len(losses) // 10):]
+        return float(sum(tail) / len(tail))
+
+    return train
