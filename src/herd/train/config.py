@@ -183,7 +183,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
     for item in overrides:
         key, value = parse_override(item)
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     where = str(path) if path is not None else "config"
     return from_dict(raw, where=where).validate()
 
@@ -201,7 +201,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``raw["a"]["b"] = value`` for ``key = "a.b"`` (an override), creating sections."""
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -214,10 +215,11 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def from_dict(raw: dict[str, Any], *, where: str = "config") -> Config:
     """A ``Config`` from nested dicts; unknown keys and wrong types raise ConfigError."""
-    return _build(Config, raw, prefix="", where=where)
+    return build_section(Config, raw, prefix="", where=where)
 
 
-def _build(cls: type, raw: Any, *, prefix: str, where: str) -> Any:
+def build_section(cls: type, raw: Any, *, prefix: str, where: str) -> Any:
+    """The dataclass ``cls`` from a TOML table, recursively; errors name ``prefix`` + key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a table, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -237,7 +239,7 @@ def _convert(tp: Any, value: Any, *, name: str, where: str) -> Any:
     args = typing.get_args(tp)
     bad = ConfigError(f"{where}: {name} = {value!r} is not a valid {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=name + ".", where=where)
+        return build_section(tp, value, prefix=name + ".", where=where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
