@@ -1,4 +1,4 @@
-"""Generation: sampling, the preallocated KV cache and the batched generator."""
+"""Generation: sampling, the preallocated KV cache, the batched generator, speculative decoding."""
 
 from herd.generation.generator import Generator, TextStream
 from herd.generation.kv_cache import KVCache
@@ -14,6 +14,7 @@ from herd.generation.sampling import (
     apply_top_p,
     sample,
 )
+from herd.generation.speculative import SpeculativeCompletion, SpeculativeGenerator
 
 __all__ = [
     "Completion",
@@ -21,6 +22,8 @@ __all__ = [
     "KVCache",
     "SamplingParams",
     "SequenceState",
+    "SpeculativeCompletion",
+    "SpeculativeGenerator",
     "TextDecoder",
     "TextStream",
     "TokenLogprob",

@@ -253,6 +253,26 @@ def pick(logits: Tensor, sequences: Sequence[SequenceState]) -> Picked:
     return Picked(tokens, params, rows, values)
 
 
+def sampling_probs(logits: Tensor, params: SamplingParams) -> Tensor:
+    """The distribution ``pick`` draws from for rows of ``logits`` (N, V) that share
+    ``params``: temperature, top-k, top-p and min-p applied, then softmax; for greedy
+    params, the one-hot of the arg-max. Logits processors and the repetition penalty
+    depend on a row's history and are left to the caller. Speculative decoding needs
+    these probabilities themselves, for the draft and the target alike."""
+    x = logits.float()
+    if params.greedy:
+        return torch.zeros_like(x).scatter_(-1, x.argmax(dim=-1, keepdim=True), 1.0)
+    n = x.shape[0]
+    x = x / params.temperature
+    if params.top_k > 0:
+        x = apply_top_k(x, torch.full((n,), params.top_k, dtype=torch.long, device=x.device))
+    if params.top_p < 1:
+        x = apply_top_p(x, torch.full((n,), params.top_p, device=x.device))
+    if params.min_p > 0:
+        x = apply_min_p(x, torch.full((n,), params.min_p, device=x.device))
+    return x.softmax(dim=-1)
+
+
 def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token from ``probs`` (V,): the arg-max of p_i / E_i with E_i ~ Exp(1) is token i
     with probability p_i (an exponential race; one pass, no cumulative sum or search)."""

@@ -1,0 +1,222 @@
+"""The engine's figures on this machine: batch-1 decode against transformers' generate,
+16 concurrent requests against running them one after another, speculative decoding's
+speed-up, and the memory bandwidth decoding reaches.
+
+All runs use the same random weights (herd's pre-training initialisation; transformers
+gets the same tensors), the same dtype and thread count, greedy decoding of a fixed
+number of tokens (no stop tokens).
+
+* batch-1 decode: tokens/s over the time N new tokens take minus the time one takes (the
+  prefill cancels out), best of ``--repeats``; herd's ``Engine`` (paged cache) and, for
+  reference, herd's ``Generator``; transformers with SDPA and whichever of its dynamic
+  and static caches is faster;
+* concurrency: 16 requests (prompts of ``--prompt-len``, N new tokens each) submitted
+  together to one Engine, wall time from submission to the last completion, against the
+  same 16 run one at a time (16 x the batch-1 time of a whole request: prefill + N tokens);
+* speculative: ``SpeculativeGenerator`` against plain greedy ``Generator`` decoding, same
+  N tokens (asserted identical). The draft is the target's first ``--draft-layers`` layers
+  with its embeddings, final norm and head (a layer-skip draft sharing the target's
+  weights: random models have no small sibling trained on the same data); the acceptance
+  rate is printed;
+* bandwidth: bytes of weights one decode step reads (every weight once; the embedding
+  table only when it is also the head) times batch-1 engine steps per second, over the
+  read bandwidth measured here (a sum over a 1 GiB tensor, best of 3).
+
+llama.cpp (llama-cpp-python, a ~15-minute source build here) is not measured by this
+script. Other workers share this machine's 2 cores: timings are noisy.
+
+    python benchmarks/engine.py                       # llama3.2-1b shape, bf16, 2 threads
+    python benchmarks/engine.py --preset llama3.2-3b --new-tokens 32
+    python benchmarks/engine.py --model TRAINED_DIR --draft-model SMALLER_TRAINED_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode import (  # noqa: E402  (the decode benchmark's model builders and timing)
+    DTYPES,
+    build_herd,
+    build_hf_twin,
+    herd_runner,
+    hf_runner,
+    measure,
+    weight_bytes_per_token,
+)
+
+from herd.engine import Engine  # noqa: E402
+from herd.generation import Generator, SamplingParams  # noqa: E402
+from herd.generation.speculative import SpeculativeGenerator  # noqa: E402
+from herd.model import Transformer  # noqa: E402
+
+print = functools.partial(print, flush=True)  # noqa: A001  (progress shows as it happens)
+TARGET_VS_TRANSFORMERS = 2.0
+TARGET_CONCURRENCY = 6.0
+TARGET_SPECULATIVE = 1.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="llama3.2-1b", help="herd.model preset (random weights)")
+    p.add_argument("--model", default=None, help="a checkpoint directory instead of a random preset")
+    p.add_argument("--draft-model", default=None, help="a checkpoint directory for the speculative draft "
+                   "(same tokenizer) instead of the layer-skip draft")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=16, help="tokens decoded per request")
+    p.add_argument("--concurrent", type=int, default=16, help="requests submitted together")
+    p.add_argument("--draft-layers", type=int, default=2, help="layers of the layer-skip draft")
+    p.add_argument("--k", type=int, default=4, help="draft tokens per speculative round")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def read_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
+
+
+def layer_skip_draft(target: Transformer, n_layers: int) -> Transformer:
+    """A draft made of the target's first ``n_layers`` blocks, embeddings, norm and head
+    (shared tensors, no copy)."""
+    if not 0 < n_layers < target.args.n_layers:
+        raise SystemExit(f"--draft-layers must be in 1..{target.args.n_layers - 1}, got {n_layers}")
+    with torch.device("meta"):
+        draft = Transformer(target.args.replace(n_layers=n_layers))
+    draft.model.embed_tokens = target.model.embed_tokens
+    draft.model.layers = torch.nn.ModuleList(target.model.layers[:n_layers])
+    draft.model.norm = target.model.norm
+    draft.lm_head = target.lm_head
+    return draft.eval()
+
+
+def engine_runner(engine: Engine, prompts: list[list[int]]):
+    def run(n: int) -> list[list[int]]:
+        params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())
+        return [c.token_ids for c in engine.generate(prompts, params)]
+    return run
+
+
+def main() -> None:
+    opts = parse_args()
+    torch.set_num_threads(opts.threads)
+    dtype = DTYPES[opts.dtype]
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, CPU, {opts.threads} threads, "
+          f"{opts.dtype}; preset {opts.preset}, prompt {opts.prompt_len} tokens, {opts.new_tokens} new tokens, "
+          f"greedy, best of {opts.repeats}. Other jobs may share the cores: timings are noisy.")
+    bandwidth = read_bandwidth_gbs()
+    print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
+    if opts.model:
+        from herd.checkpoint import load_any
+
+        model = load_any(opts.model, dtype=dtype).eval()
+    else:
+        model = build_herd(opts.preset, opts.seed).to(dtype)
+    gbytes = weight_bytes_per_token(model) / 1e9
+    print(f"model: {model.num_params() / 1e9:.2f}B parameters, {gbytes:.2f} GB read per decode step")
+    g = torch.Generator().manual_seed(opts.seed + 1)
+    vocab = min(model.args.vocab_size, 128000)
+    prompts = [[model.args.bos_token_id] + torch.randint(0, vocab, (opts.prompt_len - 1,), generator=g).tolist()
+               for _ in range(opts.concurrent)]
+    n = opts.new_tokens
+    per_request = opts.prompt_len + n
+    engine = Engine(model, num_blocks=-(-per_request * opts.concurrent // 16) + opts.concurrent, block_size=16,
+                    max_batched_tokens=max(256, opts.prompt_len))
+
+    # 1. batch-1 decode: engine, Generator, transformers (both caches)
+    hf = build_hf_twin(model)
+    runs = {"engine": engine_runner(engine, prompts[:1]),
+            "generator": herd_runner(Generator(model), prompts[:1])}
+    for cache in ("dynamic", "static"):
+        runs[f"transformers-{cache}"] = hf_runner(hf, prompts[:1], cache, torch.device("cpu"))
+    result = measure(runs, n, opts.prompt_len, opts.repeats, torch.device("cpu"))
+    if any(r.decode_tok_s > 1e6 for r in result.values()):
+        raise SystemExit("N new tokens took no longer than one: too few tokens to time, raise --new-tokens")
+    peer_name = max(("transformers-dynamic", "transformers-static"), key=lambda k: result[k].decode_tok_s)
+    same = result["engine"].tokens == result[peer_name].tokens
+    print(f"\n{'batch-1 run':<24} {'decode tok/s':>12} {'GB/s':>7}")
+    for label, r in result.items():
+        print(f"{label:<24} {r.decode_tok_s:>12.2f} {r.decode_tok_s * gbytes:>7.1f}")
+    print(f"engine greedy tokens identical to {peer_name}: {same}")
+    del hf
+
+    # 2. 16 concurrent requests vs the same run one at a time
+    seq_time = []
+    for _ in range(opts.repeats):
+        t = time.perf_counter()
+        engine_runner(engine, prompts[:1])(n)
+        seq_time.append(time.perf_counter() - t)
+    sequential_s = opts.concurrent * min(seq_time)
+    best = float("inf")
+    for _ in range(opts.repeats):
+        steps_before = len(engine.stats.steps)
+        t = time.perf_counter()
+        out = engine_runner(engine, prompts)(n)
+        best = min(best, time.perf_counter() - t)
+        batches = [s.num_seqs for s in engine.stats.steps[steps_before:]]
+    assert all(len(o) == n for o in out) and engine.blocks.num_used == 0
+    concurrent_tok_s = opts.concurrent * n / best
+    sequential_tok_s = opts.concurrent * n / sequential_s
+    print(f"\n{opts.concurrent} requests together: {best:.1f} s ({concurrent_tok_s:.1f} tok/s, {len(batches)} steps, "
+          f"largest batch {max(batches)}); one at a time: {sequential_s:.1f} s ({sequential_tok_s:.1f} tok/s)")
+
+    # 3. speculative decoding with a layer-skip draft
+    if opts.draft_model:
+        from herd.checkpoint import load_any
+
+        draft = load_any(opts.draft_model, dtype=dtype).eval()
+        draft_name = opts.draft_model
+    else:
+        draft = layer_skip_draft(model, opts.draft_layers)
+        draft_name = f"first {opts.draft_layers} of {model.args.n_layers} layers"
+    spec = SpeculativeGenerator(model, draft, k=opts.k)
+    plain = Generator(model)
+    params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())
+    spec.generate(prompts[0], params)  # warm-up
+    t_spec = t_plain = float("inf")
+    for _ in range(opts.repeats):
+        t = time.perf_counter()
+        s = spec.generate(prompts[0], params)
+        t_spec = min(t_spec, time.perf_counter() - t)
+        t = time.perf_counter()
+        p = plain.generate([prompts[0]], params)[0]
+        t_plain = min(t_plain, time.perf_counter() - t)
+    assert s.completion.token_ids == p.token_ids, "speculative greedy output differs from plain greedy"
+    print(f"\nspeculative (draft: {draft_name}, k={opts.k}): "
+          f"{t_spec:.2f} s vs plain {t_plain:.2f} s for {n} tokens; acceptance {s.acceptance_rate:.0%}, "
+          f"{s.target_passes} target passes; outputs identical")
+
+    speedup = result["engine"].decode_tok_s / result[peer_name].decode_tok_s
+    concurrency = concurrent_tok_s / sequential_tok_s
+    achieved = result["engine"].decode_tok_s * gbytes
+    figures = [
+        (f"engine_decode_batch1_vs_{peer_name}", speedup, "x", TARGET_VS_TRANSFORMERS),
+        (f"engine_{opts.concurrent}_concurrent_vs_sequential", concurrency, "x", TARGET_CONCURRENCY),
+        ("speculative_speedup_vs_plain_greedy", t_plain / t_spec, "x", TARGET_SPECULATIVE),
+    ]
+    print()
+    for name, value, unit, target in figures:
+        print(f"figure: {name} = {value:.2f} {unit} (target >= {target}) {'MET' if value >= target else 'MISSED'}")
+    print(f"figure: engine_decode_bandwidth_fraction = {achieved / bandwidth:.2f} of {bandwidth:.1f} GB/s "
+          f"({achieved:.1f} GB/s, {result['engine'].decode_tok_s:.2f} tok/s; no target)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The paged cache as an attention backend: packed chunks of several requests, in blocks
+scattered over the pool, give each request the logits of its own full forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from herd.engine.paged_cache import PackedSeq, PagedKVCache
+from tests.engine.conftest import prompts
+
+
+def _packed_logits(model, cache, seqs, steps, per_request=None):
+    """Run ``steps``: each a list of (seq index, n tokens); returns per seq its logits rows."""
+    done = [0] * len(seqs)
+    out = [[] for _ in seqs]
+    for step in steps:
+        packed, tokens = [], []
+        for i, n in step:
+            packed.append(PackedSeq(done[i], n, seqs[i][1]))
+            tokens.extend(seqs[i][0][done[i]:done[i] + n])
+        positions = cache.set_batch(packed, per_request=per_request)
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens]), positions, cache)[0]
+        row = 0
+        for i, n in step:
+            out[i].append(logits[row:row + n])
+            row += n
+            done[i] += n
+    return [torch.cat(o) for o in out]
+
+
+@pytest.mark.parametrize("per_request", [False, True])
+def test_packed_mixed_chunks_match_each_sequence_alone(model, per_request):
+    a, b, c = prompts([11, 6, 9], seed=1)
+    cache = PagedKVCache(model.args, num_blocks=12, block_size=4, dtype=torch.float32, device="cpu")
+    tables = [[7, 2, 9], [0, 11], [5, 3, 8]]  # scattered, non-contiguous blocks
+    steps = [
+        [(0, 5), (1, 3)],            # two prefill chunks
+        [(0, 6), (1, 1), (2, 9)],    # a chunk, a one-token step, a whole prompt
+        [(1, 2)],
+        [(0, 1), (1, 1), (2, 1)],    # decodes only
+    ]
+    a, b, c = a + [5], b + [6], c + [7]
+    got = _packed_logits(model, cache, list(zip([a, b, c], tables, strict=True)), steps, per_request)
+    for seq, logits in zip([a, b, c], got, strict=True):
+        with torch.no_grad():
+            want = model(torch.tensor([seq]))[0]
+        torch.testing.assert_close(logits, want, atol=2e-5, rtol=1e-4)
+
+
+def test_a_block_table_too_short_is_refused(model):
+    cache = PagedKVCache(model.args, num_blocks=4, block_size=4, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="block table holds 1 blocks"):
+        cache.set_batch([PackedSeq(0, 5, [0])])
+
+
+def test_attend_before_set_batch_is_an_error(model):
+    cache = PagedKVCache(model.args, num_blocks=4, block_size=4, dtype=torch.float32, device="cpu")
+    with pytest.raises(RuntimeError, match="set_batch"):
+        model(torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), cache)
