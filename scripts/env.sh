@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${HERD_VENV:-$root/.venv}"
 torch_spec="${HERD_TORCH:-torch==2.13.0}"
-extras="${HERD_EXTRAS:-plot,bpe,dev}"
+extras="${HERD_EXTRAS:-plot,bpe,dev,curate,quant,safety}"
 stamp="$venv/.herd-installed"
 want="$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16) $torch_spec $extras"
 
