@@ -45,6 +45,10 @@ def load_any(
 ) -> Transformer:
     """A ``Transformer`` from either layout (``rope_scaling_factor`` only matters for Meta's)."""
     if detect_format(path) == "hf":
+        from herd.quant.checkpoint import load_quantized, quantization_method  # quantized layouts live there
+
+        if quantization_method(path) is not None:
+            return load_quantized(path, dtype=dtype, device=device)
         return load_pretrained(path, dtype=dtype, device=device)
     return load_meta(path, rope_scaling_factor=rope_scaling_factor, dtype=dtype, device=device)
 

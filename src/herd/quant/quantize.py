@@ -1,0 +1,132 @@
+"""``quantize(model, scheme)``: swap a herd ``Transformer``'s linears for quantized ones.
+
+The model file does not change: quantization is a module swap (gpt-fast's design). The
+schemes, as ``--scheme`` spells them:
+
+- ``int8``: int8 weight-only, per output channel, every linear of every block.
+- ``int4`` / ``int4-g32`` / ``int4-g64`` / ``int4-g128``: int4 weight-only, group-wise,
+  round-to-nearest (group 128 by default), every linear of every block.
+- ``int4-gptq`` (``-g32`` …): the same weights chosen by GPTQ on calibration tokens.
+- ``fp8``: Llama 3.1 405B's FP8 row-wise scheme — the feed-forward projections of every
+  layer but the first and the last, dynamic per-token activation scales clamped at 1200.
+
+Embeddings, norms and the LM head stay in the model's dtype in every scheme (the LM head
+of small-vocabulary and tied models is the embedding table itself).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from herd.quant.fp8 import ACTIVATION_SCALE_UB, Fp8RowwiseLinear
+from herd.quant.int4 import GROUP_SIZES, Int4Linear
+from herd.quant.int8 import Int8Linear
+
+_SCHEME = re.compile(r"^(?:(int8)|(int4)(?:-(rtn|gptq))?(?:-g(\d+))?|(fp8)(?:-rowwise)?)$")
+SCHEMES = ("int8", "int4", "int4-g32", "int4-g64", "int4-gptq", "int4-gptq-g32", "int4-gptq-g64", "fp8")
+FFN_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """A quantization scheme: ``kind`` int8 | int4 | fp8, int4's ``group_size`` and ``method``."""
+
+    kind: str
+    group_size: int = 128
+    method: str = "rtn"
+    activation_scale_ub: float = ACTIVATION_SCALE_UB
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("int8", "int4", "fp8"):
+            raise ValueError(f"unknown quantization kind {self.kind!r}; use int8, int4 or fp8")
+        if self.kind == "int4" and self.group_size not in GROUP_SIZES:
+            raise ValueError(f"int4 group_size must be one of {GROUP_SIZES}, got {self.group_size}")
+        if self.method not in ("rtn", "gptq") or (self.method == "gptq" and self.kind != "int4"):
+            raise ValueError(f"method {self.method!r} is not available for {self.kind}; GPTQ is int4-only")
+
+    @classmethod
+    def parse(cls, text: str | QuantScheme) -> QuantScheme:
+        if isinstance(text, QuantScheme):
+            return text
+        m = _SCHEME.match(text.strip().lower())
+        if m is None:
+            raise ValueError(f"unknown quantization scheme {text!r}; known: {', '.join(SCHEMES)}")
+        if m.group(1):
+            return cls("int8")
+        if m.group(5):
+            return cls("fp8")
+        return cls("int4", group_size=int(m.group(4) or 128), method=m.group(3) or "rtn")
+
+    @property
+    def name(self) -> str:
+        if self.kind != "int4":
+            return self.kind
+        return "int4" + ("-gptq" if self.method == "gptq" else "") + f"-g{self.group_size}"
+
+
+def target_linears(model: nn.Module, scheme: QuantScheme) -> list[str]:
+    """Names of the linears ``scheme`` converts in a herd ``Transformer``."""
+    n_layers = len(model.model.layers)
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or not name.startswith("model.layers."):
+            continue
+        if scheme.kind == "fp8":
+            layer = int(name.split(".")[2])
+            if layer in (0, n_layers - 1) or name.rsplit(".", 1)[-1] not in FFN_PROJECTIONS:
+                continue
+        names.append(name)
+    return names
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, scheme: str | QuantScheme, *, calibration: Iterable[Tensor] | None = None
+             ) -> nn.Module:
+    """Quantize a herd ``Transformer`` in place (and return it). ``calibration`` (token
+    batches (B, T)) is needed by GPTQ only. The scheme is recorded as ``model.quant_scheme``
+    for saving."""
+    scheme = QuantScheme.parse(scheme)
+    if getattr(model, "quant_scheme", None) is not None:
+        raise ValueError(f"the model is already quantized ({model.quant_scheme.name})")
+    names = target_linears(model, scheme)
+    if scheme.method == "gptq":
+        if calibration is None:
+            raise ValueError("int4-gptq needs calibration token batches (calibration=...)")
+        from herd.quant.gptq import gptq_model
+
+        skip = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)} - set(names)
+        gptq_model(model, calibration, scheme.group_size, skip=skip)
+    else:
+        for name in names:
+            linear = model.get_submodule(name)
+            if scheme.kind == "int8":
+                new = Int8Linear.from_linear(linear)
+            elif scheme.kind == "int4":
+                new = Int4Linear.from_linear(linear, scheme.group_size)
+            else:
+                new = Fp8RowwiseLinear.from_linear(linear, scheme.activation_scale_ub)
+            _swap(model, name, new)
+    model.quant_scheme = scheme
+    return model
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer, each storage counted once (tied weights once)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.untyped_storage().nbytes()
+    return total
