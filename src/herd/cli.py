@@ -72,8 +72,9 @@ def _sampling(max_new_tokens: int, temperature: float, top_p: float, seed: int |
 
 @app.command()
 def generate(
-    model: ModelDir,
     prompt: Annotated[str, typer.Option(help="Prompt text (encoded with <|begin_of_text|>).")],
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="Model directory (HF or Meta layout); default: herd's bundled base model.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.6,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.9,
@@ -86,6 +87,13 @@ def generate(
     from herd.generation import Generator
 
     params = _sampling(max_new_tokens, temperature, top_p, seed)
+    if model is None:
+        from herd.bundled import base_model_dir
+
+        try:
+            model = base_model_dir()
+        except FileNotFoundError as e:
+            raise _fail(str(e)) from None
     net, tokenizer = _load(model, dtype, device)
     generator = Generator(net, tokenizer)
     prompt_ids = tokenizer.encode(prompt, bos=True)
@@ -178,8 +186,8 @@ def chat(
     from herd.generation import Generator
 
     if model is None:
-        raise _fail("herd ships no default model yet: pass --model DIR (a Llama 3.x Instruct "
-                    "checkpoint in HF or Meta layout)")
+        raise _fail("herd ships a base model only (`herd generate` uses it), not a chat model yet: pass "
+                    "--model DIR (a Llama 3.x Instruct checkpoint in HF or Meta layout)")
     params = _sampling(max_new_tokens, temperature, top_p, seed)
     net, tokenizer = _load(model, dtype, device)
     session = ChatSession(Generator(net, tokenizer), params, system=system)
@@ -388,6 +396,11 @@ def _model_args(preset: str | None, model: Path | None):
 
 @app.command()
 def memory(
+    config: Annotated[Path | None, typer.Option(
+        help="A training run config (TOML): model, rows, seq_len, dtype, checkpointing from it; --dp is the "
+        "world size, --device where it runs.")] = None,
+    device: Annotated[str, typer.Option(help="With --config: cuda or cpu (the trainer's dtype and attention "
+                                        "choices differ).")] = "cuda",
     preset: Annotated[str | None, typer.Option(help="Model preset (see `herd presets`).")] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory with config.json.")] = None,
     seq_len: Annotated[int, typer.Option(help="Tokens per row.")] = 8192,
@@ -409,8 +422,23 @@ def memory(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON (bytes).")] = False,
 ) -> None:
     """Estimate the memory one rank needs to train a model."""
-    from herd.train.memory import check_fits, estimate_memory, parse_bytes
+    from herd.train.memory import check_fits, estimate_for_config, estimate_memory, parse_bytes
 
+    if config is not None:
+        from herd.model import ModelArgs
+        from herd.train import ConfigError, load_config
+
+        if preset is not None or model is not None:
+            raise _fail("--config names the model: leave out --preset and --model")
+        try:
+            cfg = load_config(config)
+            args = ModelArgs.from_name(cfg.model.preset, **cfg.model.overrides)
+            est = estimate_for_config(cfg, world_size=dp, device=device)
+            device_bytes = parse_bytes(device_memory) if device_memory else None
+        except (ConfigError, KeyError, ValueError) as e:
+            raise _fail(str(e)) from None
+        _print_memory(args, est, device_bytes, json_output, check_fits)
+        return
     args = _model_args(preset, model)
     try:
         est = estimate_memory(args, seq_len=seq_len, micro_batch_rows=micro_batch, dp=dp, tp=tp, param_dtype=dtype,
@@ -420,6 +448,10 @@ def memory(
         device_bytes = parse_bytes(device_memory) if device_memory else None
     except ValueError as e:
         raise _fail(str(e)) from None
+    _print_memory(args, est, device_bytes, json_output, check_fits)
+
+
+def _print_memory(args, est, device_bytes: int | None, json_output: bool, check_fits) -> None:
     warning = check_fits(est, device_bytes) if device_bytes else None
     if json_output:
         print(json.dumps({**est.to_dict(), "device_bytes": device_bytes, "warning": warning}))
@@ -514,6 +546,11 @@ def scaling(
 # Each area beyond the core keeps its commands in its own package: a module here defines
 # ``register(app: typer.Typer) -> None`` and keeps its heavy imports inside the commands.
 AREA_COMMANDS: tuple[str, ...] = (
+    "herd.data.cli",
+    "herd.quant.cli",
+    "herd.engine.cli",
+    "herd.safety.cli",
+    "herd.posttrain.cli",
 )
 for _module in AREA_COMMANDS:
     importlib.import_module(_module).register(app)
