@@ -3,9 +3,10 @@
 Both run the same random weights (herd's state_dict loaded into LlamaForCausalLM), in
 the same dtype and thread count, greedy, decoding the same number of tokens
 (transformers with min_new_tokens, herd with no stop tokens). transformers gets SDPA
-attention and whichever of its dynamic and static caches is faster here. Decode speed is
-batch * (N - 1) tokens over the time N new tokens take minus the time one takes (so the
-prefill cancels out); prefill speed is prompt tokens over the one-token time. Achieved
+attention and whichever of its dynamic and static caches is faster here. Each new token's
+time is taken when its logits are ready (a logits processor in herd, a streamer in
+transformers); decode speed is batch * (N - 1) tokens over the time from the first new
+token to the last, prefill speed is prompt tokens over the time to the first. Achieved
 bandwidth is gpt-fast's: bytes of weights read per decode step (every weight once; the
 embedding table only when it is also the LM head) times steps per second.
 
@@ -128,51 +129,76 @@ class Timing:
 
 
 def measure(runs: dict, n_new: int, n_prompt_tokens: int, repeats: int, device: torch.device) -> dict:
-    """Each ``runs[label](n)`` generates n new tokens per row and returns the token ids.
-    One untimed round each first (compilation, caches), then ``repeats`` rounds that go
-    through every run in turn, so that all see the same machine; the best time counts."""
-    def timed(run, n: int) -> tuple[float, list[list[int]]]:
-        sync(device)
-        t = time.perf_counter()
-        out = run(n)
-        sync(device)
-        return time.perf_counter() - t, out
-
-    warm, one, full, tokens = {}, {}, {}, {}
+    """Each ``runs[label](n)`` generates n new tokens per row and returns the token ids, the
+    time it started and the time each new token's logits were ready (a logits processor
+    in herd, a streamer in transformers, both after a device sync). Decode speed is
+    batch * (n - 1) tokens over the time from the first new token to the last; prefill
+    speed is the prompt tokens over the time to the first. One untimed round each first
+    (compilation, caches), then ``repeats`` rounds through every run in turn, so that all
+    see the same machine; the best round counts."""
+    warm, prefill, decode, tokens = {}, {}, {}, {}
     for label, run in runs.items():
         t = time.perf_counter()
-        timed(run, 1), timed(run, n_new)
+        run(n_new)
         warm[label] = time.perf_counter() - t
     for _ in range(repeats):
         for label, run in runs.items():
-            one.setdefault(label, []).append(timed(run, 1)[0])
-            t, tokens[label] = timed(run, n_new)
-            full.setdefault(label, []).append(t)
+            tokens[label], start, stamps = run(n_new)
+            prefill.setdefault(label, []).append(stamps[0] - start)
+            decode.setdefault(label, []).append(stamps[-1] - stamps[0])
     out = {}
     for label in runs:
-        t1, tn = min(one[label]), min(full[label])
         batch = len(tokens[label])
-        out[label] = Timing(n_prompt_tokens / t1, batch * (n_new - 1) / max(tn - t1, 1e-9), tokens[label],
-                            warm[label])
+        out[label] = Timing(n_prompt_tokens / min(prefill[label]),
+                            batch * (n_new - 1) / max(min(decode[label]), 1e-9), tokens[label], warm[label])
     return out
 
 
-def herd_runner(gen: Generator, prompts: list[list[int]]):
-    def run(n: int) -> list[list[int]]:
-        params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())
-        return [c.token_ids for c in gen.generate(prompts, params)]
+def herd_runner(gen: Generator, prompts: list[list[int]], device: torch.device):
+    def run(n: int) -> tuple[list[list[int]], float, list[float]]:
+        stamps: list[float] = []
+
+        def stamp(ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+            if not stamps or len(ids) >= len(stamps):  # once per step (the first row's call)
+                sync(device)
+                stamps.append(time.perf_counter())
+            return logits
+
+        params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=(), logits_processors=(stamp,))
+        start = time.perf_counter()
+        out = [c.token_ids for c in gen.generate(prompts, params)]
+        return out, start, stamps
     return run
+
+
+class _Stamps:
+    """A transformers streamer that notes when each new token is ready (the first ``put``
+    is the prompt)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times, self.calls = device, [], 0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            sync(self.device)
+            self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
 def hf_runner(hf, prompts: list[list[int]], cache: str, device: torch.device):
     ids = torch.tensor(prompts, device=device)
 
-    def run(n: int) -> list[list[int]]:
+    def run(n: int) -> tuple[list[list[int]], float, list[float]]:
         kwargs = {"cache_implementation": "static"} if cache == "static" else {}
+        streamer = _Stamps(device)
+        start = time.perf_counter()
         with torch.inference_mode():
             out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                              do_sample=False, pad_token_id=0, **kwargs)
-        return out[:, ids.shape[1]:].tolist()
+                              do_sample=False, pad_token_id=0, streamer=streamer, **kwargs)
+        return out[:, ids.shape[1]:].tolist(), start, streamer.times
     return run
 
 
@@ -226,7 +252,7 @@ def main() -> None:
         gbytes = weight_bytes_per_token(model) / 1e9
 
         gen = Generator(model, compile=opts.compile, cpu_gemv=opts.cpu_gemv)
-        runs = {"herd": herd_runner(gen, prompts)}
+        runs = {"herd": herd_runner(gen, prompts, device)}
         for cache in ("dynamic", "static"):
             runs[cache] = hf_runner(hf, prompts, cache, device)
         result = measure(runs, opts.new_tokens, n_prompt, opts.repeats, device)

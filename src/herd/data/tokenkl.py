@@ -40,7 +40,8 @@ def token_ids(text: str, buckets: int) -> np.ndarray:
     import xxhash
 
     words = [w.lower() for w in split_words(text) if any(c.isalnum() for c in w)]
-    return np.fromiter((xxhash.xxh32_intdigest(w) % buckets for w in words), dtype=np.int64, count=len(words))
+    return np.fromiter((xxhash.xxh32_intdigest(w.encode("utf-8")) % buckets for w in words), dtype=np.int64,
+                       count=len(words))
 
 
 def kl_to_reference(ids: np.ndarray, log_ref: np.ndarray) -> float:
