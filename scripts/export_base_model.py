@@ -56,6 +56,13 @@ def main() -> None:
 
     records = {r["step"]: r for r in read_metrics(opts.run / "metrics.jsonl") if "step" in r}
     final = records[max(steps + steps_last)]  # the newest checkpoint used
+    stages = [(opts.run, cfg, final)]  # this run, then the runs it continued from (model.init_from)
+    while (parent := stages[-1][1].model.init_from) and (Path(parent).parent / "config.json").is_file():
+        run = Path(parent).parent
+        done = [r for r in read_metrics(run / "metrics.jsonl") if "step" in r]
+        stages.append((run, run_config(run), done[-1]))
+    stages.reverse()
+    total_tokens = sum(record["tokens"] for _, _, record in stages)
     gen = Generator(shipped, tokenizer)
     samples = []
     for i, prompt in enumerate(PROMPTS):
@@ -82,12 +89,17 @@ package (`corpora/kjv/make_corpus.sh`): 1,189 chapters, one document each, verse
 dropped; every 40th chapter (30, {losses[best_name].tokens:,} tokens) held out.
 
 ## Training
-`herd pretrain configs/base-kjv.toml` (document-masked packed rows of {seq_len} tokens, AdamW lr
-{cfg.optim.lr:g}, warmup-stable-decay schedule, {cfg.schedule.warmup_steps} warmup steps, the last
-{cfg.schedule.decay_fraction:.0%} decaying to 0), on 2 CPU cores shared with other work: {final['step']} steps,
-{final['tokens']:,} tokens seen (about {final['tokens'] / 991_910:.2f} passes over the 991,910 training tokens),
-training loss at that step {final['loss']:.3f}. Then the last {opts.last} checkpoints were averaged
-(`herd.train.averaging`) and the better of {{last, average}} on held-out loss was kept: {best_name}.
+`herd pretrain configs/base-kjv.toml` on 2 CPU cores: document-masked packed rows of {seq_len} tokens,
+AdamW, warmup-stable-decay schedules, in {len(stages)} stage(s), each continuing from the last one's
+exported weights (`model.init_from`); {total_tokens:,} tokens seen in all (about
+{total_tokens / 991_910:.2f} passes over the 991,910 training tokens):
+""" + "\n".join(
+        f"- `{run}`: {rec['step']} steps, {rec['tokens']:,} tokens, lr {c.optim.lr:g}, "
+        f"{c.schedule.warmup_steps} warmup steps, the last {c.schedule.decay_fraction:.0%} decaying to 0; "
+        f"training loss at the end {rec['loss']:.3f}" for run, c, rec in stages) + f"""
+
+Then the last {opts.last} checkpoints of the final stage were averaged (`herd.train.averaging`) and
+the better of {{last, average}} on held-out loss was kept: {best_name}.
 Reproduce everything (corpus to this directory): `bash scripts/train_base_model.sh`.
 
 ## Held-out loss (nats per token, {seq_len}-token windows)
@@ -102,7 +114,9 @@ Built at herd commit {commit or 'unknown'}.
 """
     (opts.out / "README.md").write_text(card)
     (opts.out / "training.json").write_text(json.dumps({
-        "steps": final["step"], "tokens_seen": final["tokens"], "final_train_loss": final["loss"],
+        "stages": [{"run": str(run), "steps": rec["step"], "tokens": rec["tokens"], "train_loss": rec["loss"]}
+                   for run, _, rec in stages],
+        "tokens_seen": total_tokens, "final_train_loss": final["loss"],
         "heldout": {k: v.as_dict() for k, v in losses.items()}, "shipped_heldout": shipped_loss.as_dict(),
         "kept": best_name, "seq_len": seq_len}, indent=1))
     print(card)

@@ -6,7 +6,7 @@ annealing checkpoints, and the final checkpoints of each post-training round).
 
 The checkpoints are the run's DCP step directories (``checkpoints/step-NNNNNN``); each is
 verified against its manifest first (a corrupt one is an error, not silently skipped: an
-average is only what it says it is). Weights are summed in fp32 and cast back.
+average is only what it says it is). Weights are summed in fp32, one checkpoint in memory at a time.
 """
 
 from __future__ import annotations
