@@ -32,6 +32,11 @@ def _stdout() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def _count(n: int) -> str:
+    """7.02M, 1.24B: a parameter count a reader takes in at a glance."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
 def _fail(message: str) -> typer.Exit:
     from rich.markup import escape
 
@@ -54,7 +59,7 @@ def _load(model_dir: Path, dtype: str | None, device: str):
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
     console.print(
-        f"[dim]{model.num_params() / 1e9:.2f}B parameters, "
+        f"[dim]{_count(model.num_params())} parameters, "
         f"{next(model.parameters()).dtype}, {device}, context {model.args.max_seq_len}[/]"
     )
     return model, tokenizer
@@ -456,7 +461,7 @@ def _print_memory(args, est, device_bytes: int | None, json_output: bool, check_
     if json_output:
         print(json.dumps({**est.to_dict(), "device_bytes": device_bytes, "warning": warning}))
         return
-    print(f"{args.num_params() / 1e9:.2f}B parameters, {est.tokens_per_rank} tokens per rank\n{est.table()}")
+    print(f"{_count(args.num_params())} parameters, {est.tokens_per_rank} tokens per rank\n{est.table()}")
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}")
     elif device_bytes:
