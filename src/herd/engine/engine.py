@@ -28,7 +28,15 @@ from herd.engine.memory import ServingMemory, estimate_serving_memory, model_wei
 from herd.engine.paged_cache import PackedSeq, PagedKVCache
 from herd.engine.scheduler import Request, Scheduled, Scheduler
 from herd.generation.cpu_gemv import use_cpu_gemv
-from herd.generation.sampling import Completion, SamplingParams, SequenceState, TokenLogprob, pick, text_decoder
+from herd.generation.sampling import (
+    Completion,
+    SamplingParams,
+    SequenceState,
+    TokenLogprob,
+    default_stop_tokens,
+    pick,
+    text_decoder,
+)
 from herd.model.transformer import Transformer
 
 
@@ -151,13 +159,7 @@ class Engine:
         return self.scheduler.has_unfinished()
 
     def _stop_tokens(self, params: SamplingParams) -> tuple[int, ...]:
-        if params.stop_token_ids is not None:
-            return params.stop_token_ids
-        stop = getattr(self.tokenizer, "stop_tokens", None)
-        if stop is not None:
-            return tuple(stop)
-        eos = self.args.eos_token_id
-        return (eos,) if isinstance(eos, int) else tuple(eos)
+        return default_stop_tokens(params, self.tokenizer, self.args.eos_token_id)
 
     # ------------------------------------------------------------------ one step
 

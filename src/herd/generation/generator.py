@@ -33,7 +33,14 @@ from torch import Tensor
 
 from herd.generation.cpu_gemv import use_cpu_gemv
 from herd.generation.kv_cache import KVCache
-from herd.generation.sampling import Completion, SamplingParams, SequenceState, pick, text_decoder
+from herd.generation.sampling import (
+    Completion,
+    SamplingParams,
+    SequenceState,
+    default_stop_tokens,
+    pick,
+    text_decoder,
+)
 from herd.model.transformer import Transformer
 
 ParamsArg = SamplingParams | Sequence[SamplingParams] | None
@@ -164,13 +171,7 @@ class Generator:
         return sequences
 
     def _stop_tokens(self, params: SamplingParams) -> tuple[int, ...]:
-        if params.stop_token_ids is not None:
-            return params.stop_token_ids
-        stop = getattr(self.tokenizer, "stop_tokens", None)
-        if stop is not None:
-            return tuple(stop)
-        eos = self.args.eos_token_id
-        return (eos,) if isinstance(eos, int) else tuple(eos)
+        return default_stop_tokens(params, self.tokenizer, self.args.eos_token_id)
 
     # ------------------------------------------------------------------ the loop
 

@@ -182,6 +182,16 @@ class TokenLogprob:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
+def default_stop_tokens(params: SamplingParams, tokenizer: Any, eos_token_id: int | Sequence[int]) -> tuple[int, ...]:
+    """The request's stop tokens: its own, else the tokenizer's (eot, eom, end_of_text), else the model's eos."""
+    if params.stop_token_ids is not None:
+        return params.stop_token_ids
+    stop = getattr(tokenizer, "stop_tokens", None)
+    if stop is not None:
+        return tuple(stop)
+    return (eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id)
+
+
 def sample(logits: Tensor, sequences: Sequence[SequenceState]) -> tuple[list[int], list[TokenLogprob | None]]:
     """One next token per row of ``logits`` (B, V), row i belonging to ``sequences[i]``.
 

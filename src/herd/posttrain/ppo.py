@@ -37,22 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from herd.posttrain.config import PosttrainConfig
+from herd.posttrain.config import PosttrainConfig, PPOConfig
 from herd.posttrain.setup import configure, load_tokenizer, make_export, make_prepare
 from herd.train import TrainResult, pretrain
-
-
-@dataclass
-class PPOSettings:
-    kl_coef: float = 0.05
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip: float = 0.2
-    clip_value: float = 0.2
-    vf_coef: float = 0.1
-    ppo_epochs: int = 2
-    max_new_tokens: int = 16
-    temperature: float = 1.0
 
 
 def add_value_head(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -124,7 +111,7 @@ class RolloutLoader:
     reference: nn.Module
     reward_model: nn.Module
     tokenizer: Any
-    settings: PPOSettings = field(default_factory=PPOSettings)
+    settings: PPOConfig = field(default_factory=PPOConfig)  # the [ppo] section
     seed: int = 0
     policy: nn.Module | None = None
     rollouts: int = 0  # rollouts made so far
@@ -268,9 +255,7 @@ def run_ppo(cfg: PosttrainConfig) -> TrainResult:
     reward_model = load_reward_model(m.reward_model, device=info.device)
     for p in [*reference.parameters(), *reward_model.parameters()]:
         p.requires_grad_(False)
-    settings = PPOSettings(m.kl_coef, m.gamma, m.lam, m.clip, m.clip_value, m.vf_coef, m.ppo_epochs,
-                           m.max_new_tokens, m.temperature)
-    loader = RolloutLoader(load_prompts(m.prompts, tokenizer), reference, reward_model, tokenizer, settings,
+    loader = RolloutLoader(load_prompts(m.prompts, tokenizer), reference, reward_model, tokenizer, m,
                            seed=train.train.seed)
     base_prepare = make_prepare(cfg)
     train.data.tokenizer = tok_source
