@@ -48,6 +48,10 @@ def parse_args() -> argparse.Namespace:
                    help="on a CPU, herd's few-row products go to herd.generation.cpu_gemv (default on)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (the best of each run is kept)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, print torch.profiler's top kernels over one herd run (where the time goes)")
+    p.add_argument("--coordinate-descent", action="store_true",
+                   help="inductor's coordinate-descent tuning of its generated kernels (gpt-fast turns it on)")
     return p.parse_args()
 
 
@@ -120,6 +124,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class Clock:
+    """Timestamps: the host clock after a sync on a CPU; on CUDA an event recorded on the
+    stream (no sync), so that stamping a step never stalls the queue of launched work,
+    read once a run has ended."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, stamps: list) -> list[float]:
+        """Each stamp's time from the first, in seconds."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [stamps[0].elapsed_time(e) / 1e3 for e in stamps]
+        return [t - stamps[0] for t in stamps]
+
+
 @dataclass
 class Timing:
     prefill_tok_s: float
@@ -129,9 +156,10 @@ class Timing:
 
 
 def measure(runs: dict, n_new: int, n_prompt_tokens: int, repeats: int, device: torch.device) -> dict:
-    """Each ``runs[label](n)`` generates n new tokens per row and returns the token ids, the
-    time it started and the time each new token's logits were ready (a logits processor
-    in herd, a streamer in transformers, both after a device sync). Decode speed is
+    """Each ``runs[label](n)`` generates n new tokens per row and returns the token ids and
+    the times (in seconds from its start) at which each new token's logits were ready (a
+    logits processor in herd, a streamer in transformers; CUDA events on a GPU, the host
+    clock after a sync on a CPU: ``Clock``). Decode speed is
     batch * (n - 1) tokens over the time from the first new token to the last; prefill
     speed is the prompt tokens over the time to the first. One untimed round each first
     (compilation, caches), then ``repeats`` rounds through every run in turn, so that all
@@ -143,9 +171,9 @@ def measure(runs: dict, n_new: int, n_prompt_tokens: int, repeats: int, device: 
         warm[label] = time.perf_counter() - t
     for _ in range(repeats):
         for label, run in runs.items():
-            tokens[label], start, stamps = run(n_new)
-            prefill.setdefault(label, []).append(stamps[0] - start)
-            decode.setdefault(label, []).append(stamps[-1] - stamps[0])
+            tokens[label], stamps = run(n_new)
+            prefill.setdefault(label, []).append(stamps[1])
+            decode.setdefault(label, []).append(stamps[-1] - stamps[1])
     out = {}
     for label in runs:
         batch = len(tokens[label])
@@ -155,19 +183,22 @@ def measure(runs: dict, n_new: int, n_prompt_tokens: int, repeats: int, device: 
 
 
 def herd_runner(gen: Generator, prompts: list[list[int]], device: torch.device):
-    def run(n: int) -> tuple[list[list[int]], float, list[float]]:
-        stamps: list[float] = []
+    clock = Clock(device)
+
+    def run(n: int) -> tuple[list[list[int]], list[float]]:
+        stamps: list = []
 
         def stamp(ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-            if not stamps or len(ids) >= len(stamps):  # once per step (the first row's call)
-                sync(device)
-                stamps.append(time.perf_counter())
+            if len(ids) >= len(stamps) - 1:  # once per step (the first row's call)
+                if not clock.cuda:
+                    sync(device)
+                stamps.append(clock.now())
             return logits
 
         params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=(), logits_processors=(stamp,))
-        start = time.perf_counter()
+        stamps.append(clock.now())
         out = [c.token_ids for c in gen.generate(prompts, params)]
-        return out, start, stamps
+        return out, clock.seconds(stamps)
     return run
 
 
@@ -176,13 +207,15 @@ class _Stamps:
     is the prompt)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.times, self.calls = device, [], 0
+        self.device, self.clock, self.calls = device, Clock(device), 0
+        self.times = [self.clock.now()]
 
     def put(self, value: torch.Tensor) -> None:
         self.calls += 1
         if self.calls > 1:
-            sync(self.device)
-            self.times.append(time.perf_counter())
+            if not self.clock.cuda:
+                sync(self.device)
+            self.times.append(self.clock.now())
 
     def end(self) -> None:
         pass
@@ -191,14 +224,13 @@ class _Stamps:
 def hf_runner(hf, prompts: list[list[int]], cache: str, device: torch.device):
     ids = torch.tensor(prompts, device=device)
 
-    def run(n: int) -> tuple[list[list[int]], float, list[float]]:
+    def run(n: int) -> tuple[list[list[int]], list[float]]:
         kwargs = {"cache_implementation": "static"} if cache == "static" else {}
         streamer = _Stamps(device)
-        start = time.perf_counter()
         with torch.inference_mode():
             out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                               do_sample=False, pad_token_id=0, streamer=streamer, **kwargs)
-        return out[:, ids.shape[1]:].tolist(), start, streamer.times
+        return out[:, ids.shape[1]:].tolist(), streamer.clock.seconds(streamer.times)
     return run
 
 
@@ -218,6 +250,18 @@ def compare_tokens(herd: list[list[int]], peer: list[list[int]], hf, prompts, de
     return "yes"
 
 
+def profile(run, n_new: int, device: torch.device) -> None:
+    """torch.profiler's view of one run: the kernels (or CPU ops) that take the time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        run(n_new)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -225,6 +269,10 @@ def main() -> None:
     opts = parse_args()
     device = torch.device(opts.device)
     torch.set_num_threads(opts.threads)
+    if opts.coordinate_descent:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
     dtypes = (opts.dtypes or ("bf16" if device.type == "cuda" else "fp32,bf16")).split(",")
     import transformers
 
@@ -260,6 +308,8 @@ def main() -> None:
         rows.append((f"herd {name}", herd, gbytes))
         for cache in ("dynamic", "static"):
             rows.append((f"transformers {name} {cache} cache", result[cache], gbytes))
+        if opts.profile:
+            profile(runs["herd"], opts.new_tokens, device)
         cache = max(("dynamic", "static"), key=lambda c: result[c].decode_tok_s)
         peer = result[cache]
         same = compare_tokens(herd.tokens, peer.tokens, hf, prompts, device)

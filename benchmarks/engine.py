@@ -49,6 +49,7 @@ from decode import (  # noqa: E402  (the decode benchmark's model builders and t
     herd_runner,
     hf_runner,
     measure,
+    sync,
     weight_bytes_per_token,
 )
 
@@ -76,17 +77,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--draft-layers", type=int, default=2, help="layers of the layer-skip draft")
     p.add_argument("--k", type=int, default=4, help="draft tokens per speculative round")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
 
-def read_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
-    x = torch.ones(nbytes // 4, dtype=torch.float32)
+def read_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
+    x = torch.rand(nbytes // 4, dtype=torch.float32, device=device)
     best = float("inf")
     for _ in range(3):
+        sync(device)
         t = time.perf_counter()
         x.sum()
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return nbytes / best / 1e9
 
@@ -105,30 +109,27 @@ def layer_skip_draft(target: Transformer, n_layers: int) -> Transformer:
     return draft.eval()
 
 
-def engine_runner(engine: Engine, prompts: list[list[int]]):
-    def run(n: int) -> list[list[int]]:
-        params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())
-        return [c.token_ids for c in engine.generate(prompts, params)]
-    return run
 
 
 def main() -> None:
     opts = parse_args()
     torch.set_num_threads(opts.threads)
     dtype = DTYPES[opts.dtype]
+    device = torch.device(opts.device)
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, CPU, {opts.threads} threads, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {opts.threads} threads"
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}, "
           f"{opts.dtype}; preset {opts.preset}, prompt {opts.prompt_len} tokens, {opts.new_tokens} new tokens, "
           f"greedy, best of {opts.repeats}. Other jobs may share the cores: timings are noisy.")
-    bandwidth = read_bandwidth_gbs()
+    bandwidth = read_bandwidth_gbs(device)
     print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
     if opts.model:
         from herd.checkpoint import load_any
 
-        model = load_any(opts.model, dtype=dtype).eval()
+        model = load_any(opts.model, dtype=dtype).eval().to(device)
     else:
-        model = build_herd(opts.preset, opts.seed).to(dtype)
+        model = build_herd(opts.preset, opts.seed).to(device=device, dtype=dtype)
     gbytes = weight_bytes_per_token(model) / 1e9
     print(f"model: {model.num_params() / 1e9:.2f}B parameters, {gbytes:.2f} GB read per decode step")
     g = torch.Generator().manual_seed(opts.seed + 1)
@@ -142,11 +143,11 @@ def main() -> None:
 
     # 1. batch-1 decode: engine, Generator, transformers (both caches)
     hf = build_hf_twin(model)
-    runs = {"engine": engine_runner(engine, prompts[:1]),
-            "generator": herd_runner(Generator(model), prompts[:1])}
+    runs = {"engine": herd_runner(engine, prompts[:1], device),
+            "generator": herd_runner(Generator(model), prompts[:1], device)}
     for cache in ("dynamic", "static"):
-        runs[f"transformers-{cache}"] = hf_runner(hf, prompts[:1], cache, torch.device("cpu"))
-    result = measure(runs, n, opts.prompt_len, opts.repeats, torch.device("cpu"))
+        runs[f"transformers-{cache}"] = hf_runner(hf, prompts[:1], cache, device)
+    result = measure(runs, n, opts.prompt_len, opts.repeats, device)
     if any(r.decode_tok_s > 1e6 for r in result.values()):
         raise SystemExit("N new tokens took no longer than one: too few tokens to time, raise --new-tokens")
     peer_name = max(("transformers-dynamic", "transformers-static"), key=lambda k: result[k].decode_tok_s)
@@ -158,17 +159,18 @@ def main() -> None:
     del hf
 
     # 2. 16 concurrent requests vs the same run one at a time
+    params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())
     seq_time = []
     for _ in range(opts.repeats):
         t = time.perf_counter()
-        engine_runner(engine, prompts[:1])(n)
+        engine.generate(prompts[:1], params)
         seq_time.append(time.perf_counter() - t)
     sequential_s = opts.concurrent * min(seq_time)
     best = float("inf")
     for _ in range(opts.repeats):
         steps_before = len(engine.stats.steps)
         t = time.perf_counter()
-        out = engine_runner(engine, prompts)(n)
+        out = [c.token_ids for c in engine.generate(prompts, params)]
         best = min(best, time.perf_counter() - t)
         batches = [s.num_seqs for s in engine.stats.steps[steps_before:]]
     assert all(len(o) == n for o in out) and engine.blocks.num_used == 0
@@ -188,8 +190,8 @@ def main() -> None:
         draft_name = f"first {opts.draft_layers} of {model.args.n_layers} layers"
     spec = SpeculativeGenerator(model, draft, k=opts.k)
     plain = Generator(model)
-    params = SamplingParams(temperature=0, max_new_tokens=n, stop_token_ids=())
     spec.generate(prompts[0], params)  # warm-up
+    plain.generate([prompts[0]], params)
     t_spec = t_plain = float("inf")
     for _ in range(opts.repeats):
         t = time.perf_counter()
@@ -198,10 +200,15 @@ def main() -> None:
         t = time.perf_counter()
         p = plain.generate([prompts[0]], params)[0]
         t_plain = min(t_plain, time.perf_counter() - t)
-    assert s.completion.token_ids == p.token_ids, "speculative greedy output differs from plain greedy"
+    same = next((i for i, (x, y) in enumerate(zip(s.completion.token_ids, p.token_ids, strict=True)) if x != y), None)
+    if same is not None and dtype == torch.float32:
+        raise SystemExit(f"speculative greedy output differs from plain greedy at token {same} in fp32")
+    # in bf16 the verify pass (k+1 positions at once) rounds differently from one-token steps,
+    # so a near-tie may flip: reported, not asserted
+    agreement = "outputs identical" if same is None else f"outputs differ from token {same} (a {opts.dtype} near-tie)"
     print(f"\nspeculative (draft: {draft_name}, k={opts.k}): "
           f"{t_spec:.2f} s vs plain {t_plain:.2f} s for {n} tokens; acceptance {s.acceptance_rate:.0%}, "
-          f"{s.target_passes} target passes; outputs identical")
+          f"{s.target_passes} target passes; {agreement}")
 
     speedup = result["engine"].decode_tok_s / result[peer_name].decode_tok_s
     concurrency = concurrent_tok_s / sequential_tok_s

@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=None, help="herd's loss chunk (tokens; default 256 CPU, 4096 CUDA)")
     p.add_argument("--loss-mode", choices=["fused", "recompute"], default="fused", help="herd.train.loss mode")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--accum", type=int, default=1, help="micro-batches of --batch rows per optimizer step")
     p.add_argument("--steps", type=int, default=3, help="timed steps per run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
@@ -98,25 +99,29 @@ def batches(args: ModelArgs, n: int, batch: int, seq_len: int, seed: int) -> lis
     return out
 
 
-def herd_step(model, optimizer, objective, batch: Batch, autocast) -> float:
-    info = DistInfo(device=batch.tokens.device)
-    loss = accumulate_gradients(model, objective, [batch], n_targets=batch.n_targets, info=info, autocast=autocast)
+def herd_step(model, optimizer, objective, micro: list[Batch], autocast) -> float:
+    info = DistInfo(device=micro[0].tokens.device)
+    n_targets = sum(b.n_targets for b in micro)
+    loss = accumulate_gradients(model, objective, micro, n_targets=n_targets, info=info, autocast=autocast)
     clip_grad_norm(model, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss / batch.n_targets
+    return loss / n_targets
 
 
-def hf_step(model, optimizer, batch: Batch, autocast) -> float:
-    # transformers shifts labels itself: give it the row (inputs + last target) as both
-    tokens = torch.cat([batch.tokens, batch.labels[:, -1:]], dim=1)
-    with autocast:
-        loss = model(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss
-    loss.backward()
+def hf_step(model, optimizer, micro: list[Batch], autocast) -> float:
+    total = 0.0
+    for batch in micro:  # equal-size micro-batches: the mean of their means is the step's mean
+        # transformers shifts labels itself: give it the row (inputs + last target) as both
+        tokens = torch.cat([batch.tokens, batch.labels[:, -1:]], dim=1)
+        with autocast:
+            loss = model(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss / len(micro)
+        loss.backward()
+        total += loss.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return float(total)
 
 
 def timed(step, data, device: torch.device) -> float:
@@ -150,7 +155,8 @@ def main() -> None:
                                 param_groups(getattr(hf_model, "_orig_mod", hf_model), 0.1)],
                                lr=1e-4, betas=(0.9, 0.95), fused=fused)
     objective = CausalLM(chunk_size=chunk, document_masking=False, loss_mode=a.loss_mode)
-    data = [to(b, device) for b in batches(args, a.steps, a.batch, a.seq_len, a.seed)]
+    flat = [to(b, device) for b in batches(args, a.steps * a.accum, a.batch, a.seq_len, a.seed)]
+    data = [flat[i:i + a.accum] for i in range(0, len(flat), a.accum)]
 
     def herd_run(b):
         return herd_step(herd_model, herd_opt, objective, b, autocast())
@@ -170,7 +176,7 @@ def main() -> None:
     for _ in range(a.repeats):
         t_herd.append(timed(herd_run, data, device))
         t_hf.append(timed(hf_run, data, device))
-    tokens = a.steps * a.batch * a.seq_len
+    tokens = a.steps * a.accum * a.batch * a.seq_len
     tps_herd, tps_hf = tokens / min(t_herd), tokens / min(t_hf)
     fpt = args.flops_per_token(a.seq_len)
     peak = peak_flops(device, amp or torch.float32)
@@ -178,7 +184,8 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {a.threads} threads"
     print(f"model: {a.preset} ({args.num_params() / 1e6:.1f}M parameters, vocab {args.vocab_size}), "
-          f"batch {a.batch} x {a.seq_len}, {dtype_name}, {name}, compile={a.compile}")
+          f"batch {a.batch} x {a.seq_len} x {a.accum} micro-batches per step, {dtype_name}, {name}, "
+          f"compile={a.compile}")
     print(f"settings: herd chunked linear cross-entropy ({a.loss_mode}, chunk {chunk}), fused AdamW; "
           "transformers SDPA, labels= loss, fused AdamW; both clip at 1.0")
     print(f"herd          {tps_herd:10.1f} tokens/s   MFU {mfu_herd:5.2f} %  (peak {peak:.3g} FLOP/s)")

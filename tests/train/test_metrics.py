@@ -28,6 +28,24 @@ def test_mfu_formula():
     assert mfu(1000, 6e9, 1e13, world_size=2) == pytest.approx(0.3)
 
 
+def test_flops_per_token_counts_the_output_head_whether_tied_or_not():
+    from herd.model import ModelArgs
+
+    untied = ModelArgs.from_name("llama3.1-8b")
+    tied = ModelArgs.from_name("llama3.2-1b")
+    for args in (untied, tied):
+        twin = args.replace(tie_word_embeddings=not args.tie_word_embeddings)
+        # the head is the same matmul either way: tying only shares its weight with the lookup
+        assert args.flops_per_token(2048) == twin.flops_per_token(2048)
+    # 8B (untied): 6 x (every parameter but the embedding table) + attention
+    a = untied
+    attention = 12 * a.n_layers * a.n_heads * a.head_dim * 2048
+    assert a.flops_per_token(2048) == 6 * (a.num_params() - a.vocab_size * a.dim) + attention
+    # 1B (tied): the one table is both the lookup and the head, so all its parameters count
+    b = tied
+    assert b.flops_per_token(2048) == 6 * b.num_params() + 12 * b.n_layers * b.n_heads * b.head_dim * 2048
+
+
 def test_metrics_log_truncates_steps_after_a_resume_point(tmp_path):
     log = MetricsLog(tmp_path / "m.jsonl")
     for step in range(1, 6):

@@ -17,14 +17,19 @@ linear layers reach. On x86 CPUs the model's few-row products go to herd's gemv 
 ``F.linear``'s gemv reaches about what one core can pull). With ``compile=True`` the
 decode step (the model on one token per row, then the LM head) is compiled with
 ``torch.compile`` over a static-shape cache, traced once per batch size and cache size
-(15-40 s the first time on a 2-core CPU; inductor caches it on disk). On CUDA it is
-replayed as a CUDA graph ("reduce-overhead"); on a CPU it fuses the few hundred small
-ops between the linears, worth ~20% in bf16, whose eager elementwise kernels are slow
-there, and little in fp32.
+(15-40 s the first time on a 2-core CPU; inductor caches it on disk). On a CPU that fuses
+the few hundred small ops between the linears, worth ~20% in bf16, whose eager
+elementwise kernels are slow there, and little in fp32. On CUDA the compiled step is
+also captured as a CUDA graph (``_GraphedStep``) over the cache and fixed input buffers,
+so a step costs one launch instead of ~150: at batch 1 the host would otherwise be
+slower than the GPU. The cache and its graph are kept for the next call of the same
+batch size and cache length.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -45,6 +50,7 @@ from herd.model.transformer import Transformer
 
 ParamsArg = SamplingParams | Sequence[SamplingParams] | None
 CACHE_BUCKET = 256  # compiled decoding rounds the cache length up to this, to reuse graphs
+MAX_GRAPHS = 4  # captured CUDA decode steps (each with its cache) kept for reuse
 
 
 class TextStream:
@@ -81,10 +87,9 @@ class Generator:
         weight = model.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.compile = compile
-        if compile_mode is None:
-            compile_mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-        self.compile_mode = compile_mode
+        self.compile_mode = compile_mode or "default"
         self._compiled_step = None
+        self._graphs: dict[tuple[int, int], _GraphedStep] = {}  # (batch, cache length) -> graph
         self.gemv_layers = use_cpu_gemv(model) if cpu_gemv and self.device.type == "cpu" else 0
 
     # ------------------------------------------------------------------ public API
@@ -182,11 +187,9 @@ class Generator:
         cache_len = max(n + s.max_new_tokens for n, s in zip(lengths, sequences, strict=True))
         if self.compile:
             cache_len = min(-(-cache_len // CACHE_BUCKET) * CACHE_BUCKET, self.args.max_seq_len)
-        cache = KVCache(self.args, len(sequences), cache_len, dtype=self.dtype, device=self.device,
-                        static=self.compile)
-        if self.compile and self.device.type == "cuda":
-            for t in cache.k + cache.v:  # fixed addresses: lets CUDA graphs replay the step
-                torch._dynamo.mark_static_address(t)
+        graphed = self._graphed(len(sequences), cache_len) if self.compile and self.device.type == "cuda" else None
+        cache = graphed.cache if graphed is not None else KVCache(
+            self.args, len(sequences), cache_len, dtype=self.dtype, device=self.device, static=self.compile)
 
         logits = self._prefill(cache, [s.prompt_ids for s in sequences])
         active = list(range(len(sequences)))
@@ -201,7 +204,10 @@ class Generator:
                 tokens_t = picked.tokens if rows_t is None else \
                     torch.zeros(len(sequences), dtype=torch.long, device=self.device).index_copy_(
                         0, rows_t, picked.tokens)
-                logits = self._decode(cache, tokens_t[:, None], positions_t, max(positions) + 1)
+                if graphed is not None:
+                    logits = graphed(tokens_t[:, None], positions_t)
+                else:
+                    logits = self._decode(cache, tokens_t[:, None], positions_t, max(positions) + 1)
             tokens, logprobs = picked.read()
             for i, token, logprob in zip(active, tokens, logprobs, strict=True):
                 sequences[i].append(token, logprob)
@@ -233,9 +239,30 @@ class Generator:
         if not self.compile:
             start = kv_len - 1 if positions.shape[0] == 1 else None  # one row: a slice write
             return self._decode_step(cache, tokens, positions, min(kv_len, cache.max_len), start)
+        return self._compiled(cache, tokens, positions, None)
+
+    @property
+    def _compiled(self):
         if self._compiled_step is None:
             self._compiled_step = torch.compile(self._decode_step, mode=self.compile_mode, fullgraph=True)
-        return self._compiled_step(cache, tokens, positions, None)
+        return self._compiled_step
+
+    def _graphed(self, batch: int, cache_len: int) -> _GraphedStep:
+        """The captured decode step for this batch size and cache length (the last few kept)."""
+        key = (batch, cache_len)
+        if key not in self._graphs:
+            while len(self._graphs) >= MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            cache = KVCache(self.args, batch, cache_len, dtype=self.dtype, device=self.device, static=True)
+            try:
+                self._graphs[key] = _GraphedStep(self._compiled, cache, compiled=True)
+            except RuntimeError as e:  # the compiled step would not settle: capture the eager one
+                warnings.warn(f"capturing the compiled decode step failed ({e}); capturing the eager step",
+                              stacklevel=3)
+                self._graphs[key] = _GraphedStep(self._decode_step, cache, compiled=False)
+        graphed = self._graphs.pop(key)
+        self._graphs[key] = graphed  # most recently used last
+        return graphed
 
     def _decode_step(self, cache: KVCache, tokens: Tensor, positions: Tensor, kv_len: int | None,
                      start: int | None = None) -> Tensor:
@@ -243,3 +270,45 @@ class Generator:
         cache.set_positions(positions, kv_len, start=start)
         hidden = self.model(tokens, positions, cache, return_hidden=True)
         return self.model.lm_head(hidden[:, -1])
+
+
+class _GraphedStep:
+    """A decode step captured as a CUDA graph: fixed buffers for the tokens and positions
+    (B, 1), a static ``KVCache`` of its own, and the logits buffer the replay writes.
+
+    Warm-up and capture run before any prompt is in the cache (they write the slots of
+    position 0, which the next prefill overwrites). A replay's logits live until the
+    next replay; everything that reads them (sampling) is queued on the same stream
+    before it.
+    """
+
+    def __init__(self, step: Any, cache: KVCache, *, compiled: bool) -> None:
+        device = cache.k[0].device
+        self.cache, self.compiled = cache, compiled
+        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            # compile (a second time once the model's per-device caches are filled), autotune
+            # and create the library handles outside the capture; then prove that the
+            # compiled step has settled, since compiling inside a capture breaks it
+            for _ in range(3):
+                step(cache, self.tokens, self.positions, None)
+            with self._no_recompile():
+                step(cache, self.tokens, self.positions, None)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with self._no_recompile(), torch.cuda.graph(self.graph):
+            self.logits = step(cache, self.tokens, self.positions, None)
+
+    def _no_recompile(self):
+        if self.compiled:
+            return torch.compiler.set_stance("fail_on_recompile")
+        return contextlib.nullcontext()
+
+    def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        self.tokens.copy_(tokens)
+        self.positions.copy_(positions)
+        self.graph.replay()
+        return self.logits

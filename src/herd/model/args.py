@@ -103,8 +103,13 @@ class ModelArgs:
         return total
 
     def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token: 6N (non-embedding) + 12 * L * H * head_dim * T."""
+        """Training FLOPs per token: 6N + 12 * L * H * head_dim * T, N the parameters that
+        take part in a matmul: every layer's and the output head's (vocab x dim), tied to
+        the embedding or not; the embedding lookup itself is not a matmul and is left out
+        (torchtitan's count, which for an untied model is the same number)."""
         n = self.num_params(include_embedding=False)
+        if self.tie_word_embeddings:
+            n += self.vocab_size * self.dim  # the tied head still multiplies every token's state
         return 6 * n + 12 * self.n_layers * self.n_heads * self.head_dim * seq_len
 
     def replace(self, **changes: object) -> ModelArgs:

@@ -47,6 +47,9 @@ def positions_from_document_ids(document_ids: Tensor) -> Tensor:
     return idx - start_idx
 
 
+FLEX_MIN_HEAD_DIM = 16
+
+
 class DocumentMaskedAttention:
     """Causal attention that never crosses a document boundary in a packed row.
 
@@ -76,15 +79,22 @@ class DocumentMaskedAttention:
             )
             self.mask = None
         else:
-            pos = torch.arange(t, device=document_ids.device)
-            causal = pos[:, None] >= pos[None, :]
-            same = document_ids[:, :, None] == document_ids[:, None, :]
-            self.mask = (causal & same)[:, None]  # (B, 1, T, T)
+            self.mask = self._dense_mask()
             self.block_mask = None
 
+    def _dense_mask(self) -> Tensor:
+        ids = self.document_ids
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        causal = pos[:, None] >= pos[None, :]
+        same = ids[:, :, None] == ids[:, None, :]
+        return (causal & same)[:, None]  # (B, 1, T, T)
+
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if self.block_mask is not None:
+        # flex_attention's CUDA kernels need a head dimension of at least 16 (tiny test models have 8)
+        if self.block_mask is not None and q.shape[-1] >= FLEX_MIN_HEAD_DIM:
             return _flex_attention()(q, k, v, block_mask=self.block_mask, enable_gqa=True)
+        if self.mask is None:
+            self.mask = self._dense_mask()
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, enable_gqa=True)
 
 
