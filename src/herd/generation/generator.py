@@ -51,6 +51,7 @@ from herd.model.transformer import Transformer
 ParamsArg = SamplingParams | Sequence[SamplingParams] | None
 CACHE_BUCKET = 256  # compiled decoding rounds the cache length up to this, to reuse graphs
 MAX_GRAPHS = 4  # captured CUDA decode steps (each with its cache) kept for reuse
+_NO_CUDAGRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
 
 class TextStream:
@@ -87,7 +88,10 @@ class Generator:
         weight = model.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.compile = compile
-        self.compile_mode = compile_mode or "default"
+        compile_mode = compile_mode or "default"
+        if self.device.type == "cuda":  # herd captures the CUDA graph itself (_GraphedStep): not inductor too
+            compile_mode = _NO_CUDAGRAPHS.get(compile_mode, compile_mode)
+        self.compile_mode = compile_mode
         self._compiled_step = None
         self._graphs: dict[tuple[int, int], _GraphedStep] = {}  # (batch, cache length) -> graph
         self.gemv_layers = use_cpu_gemv(model) if cpu_gemv and self.device.type == "cpu" else 0
