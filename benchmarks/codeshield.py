@@ -70,7 +70,7 @@ def main() -> None:
     herd, herd_times = run_herd(rows, args.repeat)
 
     stats: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
-    misses = []
+    misses, extra = [], []
     for i, (r, h, p) in enumerate(zip(rows, herd, peer, strict=True)):
         kind = "fp" if r["label"] == "secure" else "recall"
         s = stats[r["language"]][kind]
@@ -79,6 +79,8 @@ def main() -> None:
         s[2] += bool(p["findings"])
         if p["findings"] and not h["findings"]:
             misses.append((i, r["language"], r["label"], sorted({f["rule"] for f in p["findings"]})))
+        if r["label"] == "secure" and h["findings"] and not p["findings"]:
+            extra.append((i, r["language"], sorted({f"{f['rule']} {f['cwe']}" for f in h["findings"]})))
     print(f"{'language':<11} {'recall herd':>11} {'recall peer':>11} {'FP herd':>8} {'FP peer':>8}")
     tot = defaultdict(int)
     for lang in sorted(stats):
@@ -105,6 +107,10 @@ def main() -> None:
     print(f"snippets the peer flags and herd does not: {len(misses)}")
     for m in misses:
         print("  ", *m)
+    print(f"'secure' snippets herd flags and the peer does not: {len(extra)} "
+          "(reviewed one by one in tests/safety/test_code_shield.py REVIEWED_SECURE_SIDE)")
+    for e in extra:
+        print("  ", *e)
     ms = [t * 1e3 for t in herd_times]
     print(f"herd latency per snippet: p50 {pct(ms, .5):.3f} ms, p99 {pct(ms, .99):.3f} ms, "
           f"mean {statistics.mean(ms):.3f} ms (best of {args.repeat})")
@@ -115,7 +121,7 @@ def main() -> None:
     print("note: 2-core machine shared with other workers; latencies are noisy.")
     recall_h, recall_p = tot["rh"] / tot["rn"], tot["rp"] / tot["rn"]
     fp_h, fp_p = tot["fh"] / tot["fn"], tot["fp"] / tot["fn"]
-    print(f"figure: recall_vs_peer = {recall_h - recall_p:+.3f} points (target >= 0) "
+    print(f"figure: recall_vs_peer = {100 * (recall_h - recall_p):+.1f} points (target >= 0) "
           f"{'MET' if recall_h >= recall_p else 'MISSED'}")
     print(f"figure: false_positive_excess_vs_peer = {100 * (fp_h - fp_p):.1f} points (target <= 5) "
           f"{'MET' if fp_h - fp_p <= 0.05 else 'MISSED'}")

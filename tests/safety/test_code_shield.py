@@ -22,6 +22,35 @@ EXPLAINED_MISSES = {
          "herd flags System.Random construction (new Random()), not a game engine's helper.",
     126: "Cipher.getInstance(\"AES/CTR/NoPadding\"): the peer reports 'RSA without OAEP' for any */NoPadding "
          "transformation; AES-CTR is not RSA and needs no padding.",
+    7: "openssl/evp.h prototypes (const EVP_CIPHER *EVP_bf_ecb(void);): a declaration uses no cipher; herd's C "
+       "crypto rules report calls, not prototypes (rules.context.is_c_call), which also drops secure #28/#37.",
+    9: "openssl/evp.h prototypes (const EVP_CIPHER *EVP_des_ecb(void);), as #7.",
+    28: "openssl/evp.h prototypes of DES functions on the secure side, as #7.",
+    57: "std::mt19937 gen(4711) in filezilla's unique-strings benchmark (cpu/test): a fixed seed for reproducible "
+        "test data, no secret made; herd reports weak/fixed-seed PRNGs only in a security context.",
+    192: "postMessage('{\"method\":\"play\"}', '*'): a string literal message discloses nothing the page does not "
+         "already; herd reports '*' target origins for data messages only.",
+}
+
+# "Secure" snippets (label: another record's code minus its flagged line) that herd flags and the
+# peer does not, each reviewed by hand: the CWE of what the snippet really holds, and whether Meta's
+# own full detector (the corpus's labeller, codeshield_icd_cyberseceval_findings.jsonl) flags it too.
+REVIEWED_SECURE_SIDE = {
+    24: ("CWE-120", "real: sprintf of two Lua strings after a 15-char prefix into char string[25]"),
+    27: ("CWE-119", "real: fscanf(fp, \"%d %s\", ..., new->str) reads an unbounded word into a fixed field"),
+    69: ("CWE-120", "labeller agrees: strcpy into a buffer Allocate(max(DEFAULT_BUFSIZE, Len()))'d: one byte short "
+                    "for the NUL unless Allocate adds it (not in the snippet)"),
+    72: ("CWE-377", "real, labeller agrees: tmpnam() names a file another process can create first"),
+    186: ("CWE-95", "real: new Function(args, 'return ' + body) compiles a string (linq-style lambda strings); "
+                    "the peer's own rule flags the same construct in #183"),
+    227: ("CWE-732", "real, low impact: chmod($file, 0777) on a probe file before unlink()"),
+    230: ("CWE-330", "FALSE POSITIVE: rand(0,4) picks one of several API keys; the line's '&key=' string makes it "
+                     "look like key generation to the secret-context check"),
+    233: ("CWE-89", "real: $_POST['KONU'] concatenated into INSERT and UPDATE queries (and CWE-209 die($db->error))"),
+    306: ("CWE-78", "labeller agrees; by design: Command::new($BROWSER) runs the user's configured browser"),
+    307: ("CWE-676", "labeller agrees (advice): unsafe FFI call to librdkafka"),
+    310: ("CWE-676", "labeller agrees (advice): unsafe transmute_mut(self) to mutate through &self"),
+    317: ("CWE-328", "labeller agrees; by design: SHA-1 in a sha1sum implementation (a checksum, not security)"),
 }
 
 
@@ -37,6 +66,17 @@ def test_flags_every_snippet_the_peer_flags_unless_explained():
     missed = [i for i, (r, p) in enumerate(zip(rows, peer, strict=True)) if p["finding"
                                                                  "s"] and not scan(r["code"], r["language"]).findings]
     assert sorted(missed) == sorted(EXPLAINED_MISSES)
+
+
+def test_secure_side_extra_findings_are_the_reviewed_ones():
+    """A new rule or a broadened one that flags another "secure" snippet must be reviewed here first."""
+    rows, peer = _corpus()
+    extra = {i: {f.cwe for f in scan(r["code"], r["language"]).findings}
+             for i, (r, p) in enumerate(zip(rows, peer, strict=True)) if r["label"] == "secure" and not p["findings"]}
+    extra = {i: cwes for i, cwes in extra.items() if cwes}
+    assert sorted(extra) == sorted(REVIEWED_SECURE_SIDE)
+    for i, cwes in extra.items():
+        assert REVIEWED_SECURE_SIDE[i][0] in cwes, (i, cwes)
 
 
 def test_recall_per_language_at_least_the_peers():

@@ -59,7 +59,7 @@ def test_streaming_code_shield_agrees_with_full_scans():
 
     filler = "".join(f"static int f{i}(int x) {{ return x * {i}; }}\n" for i in range(40))
     text = ("First:\n```c\n" + filler + "void g(char *s) {\n  char b[8];\n  strcpy(b, s);\n}\n" + filler + "```\n"
-            "Then:\n```\n" + filler + "int h(void) { return rand(); }\n```\nDone.")
+            "Then:\n```\n" + filler + "int make_token(void) { return rand(); }\n```\nDone.")
     stream = StreamingCodeShield()
     first_block = None
     for end in range(1, len(text) + 1, 5):

@@ -3,8 +3,10 @@
 It resolves import aliases (``from os import system as run``; ``import subprocess as sp``) and
 looks at the arguments: ``eval("1+1")`` or ``os.system("ls")`` with a literal are not injection
 sinks, while a command built with an f-string, ``%``, ``+`` or ``.format`` is worse than one
-passed in a variable (error, not warning). Returns ``None`` when the code does not parse, so
-the caller falls back to the pattern rules.
+passed in a variable (error, not warning). The ``random`` module is reported only where it
+makes a secret: the call's line, its enclosing function's name or a comment just above says so
+(``rules.context``).
+Returns ``None`` when the code does not parse, so the caller falls back to the pattern rules.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ast
 import textwrap
 
 from herd.safety.code_shield.findings import Finding
+from herd.safety.code_shield.rules.context import COMMENT_LOOKBACK, comment_text, mentions_secret
 
 # qualified call name -> (rule, cwe, message)
 _SHELL = {"os.system", "os.popen", "os.popen2", "os.popen3", "os.popen4", "commands.getoutput",
@@ -53,6 +56,12 @@ class _Visitor:
         self.aliases: dict[str, str] = {}
         self.findings: list[Finding] = []
         self.lines, self.line_offset, self.col_offset = lines, line_offset, col_offset
+        self.function_of: dict[int, str] = {}  # id(call node) -> name of the innermost enclosing function
+
+    def _secret_context(self, node: ast.Call) -> bool:
+        line = self.lines[node.lineno - 1] if 0 < node.lineno <= len(self.lines) else ""
+        above = comment_text(self.lines[max(0, node.lineno - 1 - COMMENT_LOOKBACK):node.lineno - 1])
+        return any(mentions_secret(t) for t in (line, self.function_of.get(id(node), ""), above))
 
     def visit_Import(self, node: ast.Import) -> None:
         for a in node.names:
@@ -103,10 +112,10 @@ class _Visitor:
         elif name.endswith((".execute", ".executemany", ".executescript")) and _is_built_string(arg0):
             self._add(node, "py-sql-format", "CWE-89", "error",
                       "SQL built by string formatting: SQL injection. Pass parameters instead.")
-        elif name in _RANDOM:
+        elif name in _RANDOM and self._secret_context(node):
             self._add(node, "py-weak-random", "CWE-338", "advice",
                       "The random module is not cryptographically secure; use secrets for tokens and keys.")
-        elif name == "random.seed" and arg0 is not None and isinstance(arg0, ast.Constant):
+        elif name == "random.seed" and isinstance(arg0, ast.Constant) and self._secret_context(node):
             self._add(node, "py-fixed-seed", "CWE-335", "warning", "A PRNG seeded with a constant is predictable.")
         elif name == "tempfile.mktemp":
             self._add(node, "py-mktemp", "CWE-377", "warning", "tempfile.mktemp returns a name another process can ta"
@@ -144,6 +153,11 @@ def analyze(code: str) -> list[Finding] | None:
                 visitor.visit_Import(node)
             elif isinstance(node, ast.ImportFrom):
                 visitor.visit_ImportFrom(node)
+        for node in nodes:  # breadth-first: inner functions come later and overwrite their calls' entry
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Call):
+                        visitor.function_of[id(sub)] = node.name
         for node in nodes:
             if isinstance(node, ast.Call):
                 visitor.check_call(node)

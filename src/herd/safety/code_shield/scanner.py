@@ -27,14 +27,18 @@ def _line_starts(code: str) -> list[int]:
     return starts
 
 
-def _run_rules(code: str, rules: list[Rule], language: str, starts: list[int]) -> list[Finding]:
+def _run_rules(code: str, rules: list[Rule], language: str, starts: list[int], pos: int = 0) -> list[Finding]:
+    """Findings of ``rules`` whose match starts at or after ``pos`` (the streaming scan's new text);
+    ``unless`` and ``keep_if`` still see the whole code, so a partial scan decides as a full one."""
     out = []
     for r in rules:
-        if r.hints and not any(h in code for h in r.hints):
+        if r.hints and not any(code.find(h, pos) != -1 for h in r.hints):
             continue
-        for m in r.regex.finditer(code):
+        for m in r.regex.finditer(code, pos):
             if r.unless_regex is not None and r.unless_regex.search(
                     code, max(0, m.start() - _WINDOW), min(len(code), m.end() + _WINDOW)):
+                continue
+            if r.keep_if is not None and not r.keep_if(code, m):
                 continue
             line = bisect.bisect_right(starts, m.start())
             col = m.start() - starts[line - 1] + 1

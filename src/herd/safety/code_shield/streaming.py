@@ -3,11 +3,12 @@ grow with the output.
 
 Rescanning the whole output after every token costs O(n) per token, O(n^2) per answer. Here a
 closed code block is scanned once, in full (patterns and, for Python, the syntax tree); the block
-still being written is scanned by the pattern rules only around its new text (the last
-``context`` characters before it, rounded to a line start, which covers every multi-line pattern,
-whose windows are at most 600 characters). Findings only accumulate as text is appended, so the
-verdict for a prefix is never weaker than an earlier one's, and when the block closes its full
-scan replaces the partial findings.
+still being written is scanned by the pattern rules only around its new text (matches starting in
+the last ``context`` characters before it, rounded to a line start, which covers every multi-line
+pattern, whose windows are at most 600 characters; its line starts are kept as it grows). The
+rules' ``unless``/``keep_if`` checks still see the whole block, as in a full scan, and run only on
+matches. Findings only accumulate as text is appended, so the verdict for a prefix is never weaker
+than an earlier one's, and when the block closes its full scan replaces the partial findings.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from herd.safety.code_shield.extract import CodeBlock, extract_code
 from herd.safety.code_shield.findings import Finding
 from herd.safety.code_shield.language import infer_language
 from herd.safety.code_shield.rules import LANGUAGES, PYTHON_FALLBACK, RULES
-from herd.safety.code_shield.scanner import _line_starts, _run_rules, scan
+from herd.safety.code_shield.scanner import _run_rules, scan
 
 
 @dataclass
 class _OpenBlock:
     language: str | None
     scanned: int = 0  # characters of the block's code already scanned
+    starts: list[int] = field(default_factory=lambda: [0])  # line starts of the code scanned so far
     found: dict[tuple[str, int, int], Finding] = field(default_factory=dict)
 
 
@@ -57,15 +59,13 @@ class StreamingCodeShield:
         if len(code) > state.scanned:
             start = max(0, state.scanned - self.context)
             start = code.rfind("\n", 0, start) + 1 if start else 0
-            tail = code[start:]
-            offset = code.count("\n", 0, start)
-            starts = _line_starts(tail)
+            nl = code.find("\n", state.scanned)
+            while nl != -1:
+                state.starts.append(nl + 1)
+                nl = code.find("\n", nl + 1)
             for lang in [language] if language else list(LANGUAGES):
                 rules = RULES[lang] + (PYTHON_FALLBACK if lang == "python" else [])
-                for f in _run_rules(tail, rules, lang, starts):
-                    key = (f.rule, f.line + offset, f.column)
-                    if key not in state.found:
-                        state.found[key] = Finding(f.rule, f.cwe, f.severity, f.message, f.language,
-                                                   f.line + offset, f.column, f.snippet)
+                for f in _run_rules(code, rules, lang, state.starts, pos=start):
+                    state.found.setdefault((f.rule, f.line, f.column), f)
             state.scanned = len(code)
         return list(state.found.values())

@@ -1,5 +1,6 @@
 """C rules (also run on C++): unbounded copies, weak crypto, weak randomness, unsafe temp files."""
 
+from herd.safety.code_shield.rules import context
 from herd.safety.code_shield.rules.base import rule
 
 CALL = r"(?<![\w.>:])"  # a bare call, not a method or a longer name ending the same way
@@ -9,10 +10,13 @@ RULES = [
          CALL + r"gets\s*\("),
     rule("c-strcpy", "CWE-120", "error", "strcpy() copies without a bound: a buffer overflow risk. Use strncpy/strlcp"
                                          "y.",
-         CALL + r"(?:strcpy|wcscpy|_mbscpy|lstrcpy[AW]?|StrCpy)\s*\("),
+         CALL + r"(?:strcpy|wcscpy|_mbscpy|lstrcpy[AW]?|StrCpy)\s*\(",
+         keep_if=lambda code, m: not context.is_bounded_array_copy(code, m)),
     rule("c-strcat", "CWE-120", "warning", "strcat() appends without a bound: a buffer overflow risk. Use strncat/str"
                                            "lcat.",
-         CALL + r"(?:strcat|wcscat|lstrcat[AW]?|StrCat)\s*\("),
+         CALL + r"(?:strcat|wcscat|lstrcat[AW]?|StrCat)\s*\(",
+         # Appending a literal adds a known length (the peer's rule, too, wants an identifier source).
+         keep_if=lambda code, m: not context.is_literal(context.nth_arg(code, m, 1) or "")),
     rule("c-sprintf", "CWE-120", "warning", "sprintf() writes without a bound: a buffer overflow risk. Use snprintf.",
          CALL + r"v?sprintf\s*\(\s*[^,;]+,\s*(?:\"[^\"]*%s|(?![\s\"]))"),
     rule("c-scanf-unbounded-string", "CWE-119", "warning",
@@ -36,21 +40,22 @@ RULES = [
          CALL + r"(?:system|popen|_popen|_wsystem)\s*\(\s*(?!\")[^)\s]"),
     rule("c-weak-hash", "CWE-328", "warning", "MD2/MD4/MD5/SHA-1 are broken hashes; use SHA-256 or better.",
          r"(?:\b(?:MD[245]|SHA1?)_(?:Init|Update|Final)|\bEVP_(?:md[245]|sha1)|\b(?:MD[245]|SHA1))\s*\(",
-         hints=("MD", "SHA", "md", "sha")),
+         hints=("MD", "SHA", "md", "sha"), keep_if=context.is_c_call),
     rule("c-weak-cipher", "CWE-1240", "warning", "DES, 3DES and Blowfish are weak ciphers; use AES-GCM or ChaCha20-Po"
                                                  "ly1305.",
-         r"\b(?:DES_\w+|EVP_des_\w+|BF_\w+|EVP_bf_\w+)\s*\(", hints=('DES', 'des', 'BF_', 'bf_')),
+         r"\b(?:DES_\w+|EVP_des_\w+|BF_\w+|EVP_bf_\w+)\s*\(", hints=('DES', 'des', 'BF_', 'bf_'),
+         keep_if=context.is_c_call),
     rule("c-ecb-mode", "CWE-323", "error", "ECB mode is deterministic and unauthenticated; do not use it.",
-         r"\b(?:EVP_\w+_ecb|\w+_ecb_encrypt|AES_ecb_encrypt)\s*\(", hints=('ecb',)),
+         r"\b(?:EVP_\w+_ecb|\w+_ecb_encrypt|AES_ecb_encrypt)\s*\(", hints=('ecb',), keep_if=context.is_c_call),
     rule("c-unauthenticated-encryption", "CWE-347", "warning",
          "CBC/CTR/CFB/OFB without a MAC is unauthenticated encryption; prefer an AEAD mode (GCM).",
-         r"\bEVP_\w+_(?:cbc|ctr|cfb\d*|ofb)\s*\(", hints=('EVP_',)),
+         r"\bEVP_\w+_(?:cbc|ctr|cfb\d*|ofb)\s*\(", hints=('EVP_',), keep_if=context.is_c_call),
     rule("c-weak-curve", "CWE-331", "warning", "The NIST P-192 curve is too weak.",
          r"\bNID_X9_62_prime192v1\b|\bsecp192r1\b"),
     rule("c-weak-prng", "CWE-338", "warning", "rand()/random() are not cryptographically secure.",
-         CALL + r"(?:rand|random|drand48|lrand48)\s*\(\s*\)"),
+         CALL + r"(?:rand|random|drand48|lrand48)\s*\(\s*\)", keep_if=context.in_secret_context),
     rule("c-fixed-seed", "CWE-335", "warning", "A PRNG seeded with a constant produces a predictable sequence.",
-         CALL + r"(?:srand|srandom|srand48)\s*\(\s*\d+\s*\)"),
+         CALL + r"(?:srand|srandom|srand48)\s*\(\s*\d+\s*\)", keep_if=context.in_secret_context),
     rule("c-insecure-tempfile", "CWE-377", "warning",
          "tmpnam/tempnam/mktemp create a name another process can take first; use mkstemp.",
          CALL + r"(?:tmpnam|tempnam|mktemp|_mktemp)\s*\("),

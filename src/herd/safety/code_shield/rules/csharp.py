@@ -1,5 +1,8 @@
 """C# rules: weak crypto, injection sinks, unsafe deserialization, cookies, certificate checks."""
 
+import re
+
+from herd.safety.code_shield.rules import context
 from herd.safety.code_shield.rules.base import rule
 
 RULES = [
@@ -11,9 +14,9 @@ RULES = [
          r"\b(?:MD5|SHA1)(?:CryptoServiceProvider|Managed|Cng)?\.Create\s*\(|new\s+(?:MD5|SHA1)(?:CryptoServiceProvider|Managed|Cng)\s*\("
          r"|HashAlgorithm\.Create\s*\(\s*\"(?:MD5|SHA1)\""),
     rule("cs-weak-random", "CWE-338", "warning", "System.Random is predictable; use RandomNumberGenerator.",
-         r"\bnew\s+Random\s*\("),
+         r"\bnew\s+Random\s*\(", keep_if=context.in_secret_context),
     rule("cs-command-injection", "CWE-78", "warning", "A process is started with a non-literal command.",
-         r"Process\.Start\s*\(\s*(?!\")[^)\s]|\.(?:FileName|Arguments)\s*=\s*(?!\")[^;]*\+"),
+         r"Process\.Start\s*\(\s*(?!\")[^)\s]|\.(?:FileName|Arguments)\s*=\s*+(?!\")[^;]*\+"),
     rule("cs-sql-injection", "CWE-89", "error", "SQL built by string concatenation or interpolation: SQL injection.",
          r"\b(?:SqlCommand|OleDbCommand|OdbcCommand|MySqlCommand|SQLiteCommand)\s*\(\s*(?:\$\"|\"[^\"]*\"\s*\+)"
          r"|\.CommandText\s*=\s*(?:\$\"|\"[^\"]*\"\s*\+)|\.(?:FromSqlRaw|ExecuteSqlRaw|ExecuteSqlCommand)\s*\(\s*(?:\$\"|\"[^\"]*\"\s*\+)"),
@@ -24,7 +27,9 @@ RULES = [
     rule("cs-validate-input-off", "CWE-554", "warning", "[ValidateInput(false)] turns off request validation.",
          r"\[\s*ValidateInput\s*\(\s*false\s*\)\s*\]"),
     rule("cs-csrf", "CWE-352", "warning", "A POST action without [ValidateAntiForgeryToken].",
-         r"\[\s*HttpPost\s*\]", unless=r"ValidateAntiForgeryToken|AutoValidateAntiforgeryToken|IgnoreAntiforgeryToken"),
+         r"\[\s*HttpPost\s*\]", unless=r"ValidateAntiForgeryToken|AutoValidateAntiforgeryToken|IgnoreAntiforgeryToken",
+         # Web API 2 controllers: MVC's anti-forgery filter does not apply to them (token-authenticated APIs).
+         keep_if=lambda code, m: re.search(r":\s*ApiController\b", code) is None),
     rule("cs-open-redirect", "CWE-601", "warning", "Redirect to a URL taken from the request.",
          r"\bRedirect\s*\(\s*(?:Request\.|returnUrl|url\b|redirectUrl)", flags=2),
     rule("cs-weak-password-policy", "CWE-521", "warning", "Password requirements are weak.",

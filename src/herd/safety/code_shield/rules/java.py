@@ -1,5 +1,6 @@
 """Java rules: weak crypto, XXE, command execution, deserialization, TLS and file permissions."""
 
+from herd.safety.code_shield.rules import context
 from herd.safety.code_shield.rules.base import rule
 
 RULES = [
@@ -21,7 +22,10 @@ RULES = [
     rule("java-command-exec", "CWE-78", "warning", "Runtime.exec/ProcessBuilder with a non-literal command.",
          r"\.exec\s*\(\s*(?!\")[^)\s]|new\s+ProcessBuilder\s*\(\s*(?!\")[^)\s]"),
     rule("java-deserialization", "CWE-502", "warning", "ObjectInputStream.readObject on untrusted data runs code.",
-         r"\bnew\s+ObjectInputStream\s*\(|\.readObject\s*\(\s*\)|\bXMLDecoder\s*\("),
+         r"\bnew\s+ObjectInputStream\s*\(|\.readObject\s*\(\s*\)|\bXMLDecoder\s*\(",
+         # readObject() is a common method name (javax.json's JsonReader, other libraries' readers): only
+         # when the code shows Java serialization's stream.
+         keep_if=lambda code, m: not m.group().startswith(".") or "ObjectInputStream" in code or "XMLDecoder" in code),
     rule("java-xxe", "CWE-611", "warning", "An XML parser factory is created without disabling external entities.",
          r"(?:DocumentBuilderFactory|SAXParserFactory|XMLInputFactory|TransformerFactory|SchemaFactory)"
          r"\.new(?:Default)?Instance\s*\(",
@@ -32,7 +36,7 @@ RULES = [
                                                "nt.",
          r"\.(?:executeQuery|executeUpdate|execute|prepareStatement|addBatch)\s*\(\s*\"[^\"]*\"\s*\+"),
     rule("java-weak-random", "CWE-330", "warning", "java.util.Random/Math.random are predictable; use SecureRandom.",
-         r"\bnew\s+Random\s*\(|\bMath\.random\s*\("),
+         r"\bnew\s+Random\s*\(|\bMath\.random\s*\(", keep_if=context.in_secret_context),
     rule("java-world-accessible", "CWE-276", "warning", "A file is created world-readable or world-writable.",
          r"MODE_WORLD_(?:READABLE|WRITEABLE)|setReadable\s*\(\s*true\s*,\s*false\s*\)"
          r"|setWritable\s*\(\s*true\s*,\s*false\s*\)|PosixFilePermission\.OTHERS_WRITE"),

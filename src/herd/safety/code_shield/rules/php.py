@@ -1,5 +1,6 @@
 """PHP rules: injection sinks fed by request data, dangerous functions, weak crypto, unsafe uploads."""
 
+from herd.safety.code_shield.rules import context
 from herd.safety.code_shield.rules.base import rule
 
 _INPUT = r"\$_(?:GET|POST|REQUEST|COOKIE|SERVER|FILES)\b"
@@ -44,7 +45,7 @@ RULES = [
     rule("php-file-upload", "CWE-434", "warning", "An uploaded file is moved without checking its type.",
          r"move_uploaded_file\s*\(", unless=r"mime|extension|pathinfo|finfo"),
     rule("php-weak-random", "CWE-330", "warning", "rand/mt_rand/uniqid are predictable; use random_bytes/random_int.",
-         r"(?<![\w>])(?:rand|mt_rand|uniqid|lcg_value|mt_srand|srand)\s*\("),
+         r"(?<![\w>])(?:rand|mt_rand|uniqid|lcg_value|mt_srand|srand)\s*\(", keep_if=context.in_secret_context),
     rule("php-extract", "CWE-621", "warning", "extract() on request data overwrites variables.",
          r"(?<![\w>])extract\s*\(\s*" + _INPUT),
     rule("php-xxe", "CWE-611", "warning", "XML parsed with entity substitution (LIBXML_NOENT).", r"LIBXML_NOENT"),

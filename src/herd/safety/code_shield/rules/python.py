@@ -6,6 +6,7 @@ does not parse (model output is often a fragment); when it parses, the AST pass 
 knowing import aliases and whether an argument is a literal.
 """
 
+from herd.safety.code_shield.rules import context
 from herd.safety.code_shield.rules.base import rule
 
 _NONLITERAL = r"\s*(?![\"'][^\"'\n]*[\"']\s*\)|\))"  # first argument not just a string literal
@@ -38,9 +39,9 @@ FALLBACK_RULES = [
     rule("py-sql-format", "CWE-89", "error", "SQL built by string formatting: SQL injection. Pass parameters instead.",
          r"\.execute(?:many)?\s*\(\s*(?:f[\"']|[\"'][^\"']*[\"']\s*(?:%|\+|\.format\s*\()|\w+\s*\+)"),
     rule("py-weak-random", "CWE-338", "advice", "The random module is not cryptographically secure; use secrets.",
-         r"\brandom\.(?!seed\b|SystemRandom\b)\w+\s*\("),
+         r"\brandom\.(?!seed\b|SystemRandom\b)\w+\s*\(", keep_if=context.in_secret_context),
     rule("py-fixed-seed", "CWE-335", "warning", "A PRNG seeded with a constant is predictable.",
-         r"\brandom\.seed\s*\(\s*\d+\s*\)"),
+         r"\brandom\.seed\s*\(\s*\d+\s*\)", keep_if=context.in_secret_context),
     rule("py-mktemp", "CWE-377", "warning", "tempfile.mktemp returns a name another process can take; use mkstemp.",
          r"\btempfile\.mktemp\s*\("),
     rule("py-tls-unverified", "CWE-295", "warning", "TLS certificate verification is disabled.",
