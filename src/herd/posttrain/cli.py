@@ -1,4 +1,4 @@
-"""`herd sft | dpo | reward | ppo | distill | average`: post-training commands over herd.posttrain."""
+"""`herd sft | dpo | reward | ppo | distill | average | synth`: post-training commands over herd.posttrain."""
 
 from __future__ import annotations
 
@@ -109,6 +109,24 @@ def register(app: typer.Typer) -> None:
         except (ChatDataError, CheckpointError, ValueError, FileNotFoundError) as e:
             raise _fail(str(e)) from None
         console.print(json.dumps(report, indent=1))
+
+    @app.command()
+    def synth(config: ConfigOpt, overrides: Overrides = None) -> None:
+        """Synthetic SFT data: a herd model writes instructions and responses, filtered (dedup, length,
+        reward, code that parses and passes its tests in a sandbox)."""
+        import json
+
+        from herd.checkpoint import CheckpointError
+        from herd.cli import _fail, console
+        from herd.posttrain.chat_data import ChatDataError
+        from herd.posttrain.synth import load_synth_config, run_synth
+        from herd.train import ConfigError
+
+        try:
+            report = run_synth(load_synth_config(config, overrides or []))
+        except (ConfigError, ChatDataError, CheckpointError, ValueError, FileNotFoundError) as e:
+            raise _fail(str(e)) from None
+        console.print(json.dumps({k: report[k] for k in ("seeds", "generated", "dropped", "kept", "out")}, indent=1))
 
     @app.command()
     def average(

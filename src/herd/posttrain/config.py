@@ -1,7 +1,7 @@
 """Post-training run configs: the trainer's TOML plus a few sections of its own.
 
     [base]     the checkpoint to start from (its architecture replaces [model]) and tokenizer
-    [lora]     adapters over a frozen base (rank 0 = full fine-tuning)
+    [lora]     adapters over a frozen base (rank 0 = full fine-tuning); base_quantization = QLoRA
     [sft] / [dpo] / [reward] / [distill] / [ppo]   the method's data and hyper-parameters
 
 Every other section ([train], [optim], [schedule], [checkpoint], [data], ...) is
@@ -38,6 +38,7 @@ class LoRAConfig:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # projection names (HF's)
     init_seed: int = 0
+    base_quantization: str | None = None  # QLoRA: "int8" / "int4-g32|64|128" base (herd.quant), frozen, dequantized
 
 
 @dataclass
@@ -140,6 +141,15 @@ def _validate(cfg: PosttrainConfig, method: str, where: str) -> None:
         raise ConfigError(f"{where}: lora.rank must be >= 0, got {cfg.lora.rank}")
     if cfg.lora.rank and cfg.lora.alpha <= 0:
         raise ConfigError(f"{where}: lora.alpha must be positive, got {cfg.lora.alpha}")
+    if cfg.lora.base_quantization is not None:
+        from herd.posttrain.qlora import check_base_scheme
+
+        if not cfg.lora.rank:
+            raise ConfigError(f"{where}: lora.base_quantization needs lora.rank > 0 (a quantized base cannot train)")
+        try:
+            cfg.lora.base_quantization = check_base_scheme(cfg.lora.base_quantization)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
     if not 0 <= cfg.lora.dropout < 1:
         raise ConfigError(f"{where}: lora.dropout must be in [0, 1), got {cfg.lora.dropout}")
     m = cfg.method

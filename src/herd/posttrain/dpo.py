@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from herd.posttrain.config import PosttrainConfig
 from herd.posttrain.pairs import Pair, PairBatch, PairLoader, load_pairs
-from herd.posttrain.setup import configure, load_tokenizer, make_export, make_prepare, write_report
+from herd.posttrain.setup import configure, load_tokenizer, make_export, make_prepare, reference_model, write_report
 from herd.train import TrainResult, pretrain
 
 REFERENCE_CACHE = "dpo-reference.pt"
@@ -139,7 +139,10 @@ def cached_reference(cache: Path, key: str, compute) -> tuple[Tensor, Tensor]:
 
 def _data_key(cfg: PosttrainConfig, pairs: list[Pair]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"base": str(cfg.base.model), "n": len(pairs)}).encode())
+    key = {"base": str(cfg.base.model), "n": len(pairs)}
+    if cfg.lora.base_quantization:  # QLoRA's reference is the quantized base
+        key["base_quantization"] = cfg.lora.base_quantization
+    h.update(json.dumps(key).encode())
     for p in pairs:
         h.update(json.dumps([p.chosen, p.chosen_mask, p.rejected, p.rejected_mask]).encode())
     return h.hexdigest()
@@ -167,8 +170,7 @@ def run_dpo(cfg: PosttrainConfig) -> TrainResult:
     info = init_distributed(train.train.device)
 
     def compute() -> tuple[Tensor, Tensor]:
-        base = load_any(cfg.base.model, dtype=torch.float32, device=info.device)
-        return reference_logps(base, pairs, train.train.micro_batch_rows)
+        return reference_logps(reference_model(cfg, info.device), pairs, train.train.micro_batch_rows)
 
     reference = cached_reference(Path(train.run_dir) / REFERENCE_CACHE, _data_key(cfg, pairs), compute)
     loader = PairLoader(pairs, seed=train.train.seed, rank=info.rank, world_size=info.world_size,
@@ -178,7 +180,7 @@ def run_dpo(cfg: PosttrainConfig) -> TrainResult:
                       prepare_model=make_prepare(cfg), export=make_export(cfg, tokenizer))
     if cfg.method.held_out and result.export_dir is not None and info.is_main:
         held = load_pairs(cfg.method.held_out, tokenizer)
-        ref = reference_logps(load_any(cfg.base.model, dtype=torch.float32), held)
+        ref = reference_logps(reference_model(cfg), held)
         write_report(train.run_dir, "held_out", {
             "data": cfg.method.held_out, "pairs": len(held),
             "preference_accuracy": preference_accuracy(load_any(result.export_dir), held, ref)})

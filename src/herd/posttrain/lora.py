@@ -9,6 +9,9 @@ as PEFT's ``adapter_model.safetensors`` (keys prefixed ``base_model.model.``) wi
 ``adapter_config.json``, loadable by ``peft.PeftModel.from_pretrained`` on the
 transformers model of the base; the base weight keeps its HF name (``…q_proj.weight``).
 ``merge_lora`` folds ``B A * scale`` into ``W`` and gives back plain ``nn.Linear`` layers.
+
+A base quantized by ``herd.quant.quantize`` (int8 / int4) gets ``QLoRALinear`` adapters
+instead (``herd.posttrain.qlora``): same names, same saved layout, merged by dequantizing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from herd.posttrain.qlora import QUANTIZED_BASES, QLoRALinear, make_differentiable
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -71,7 +76,8 @@ class LoRALinear(nn.Linear):
 def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0,
              targets: tuple[str, ...] | list[str] = ("q_proj", "v_proj"), seed: int = 0) -> list[str]:
     """Freeze every parameter of ``model``, wrap each ``nn.Linear`` named in ``targets``
-    (HF projection names) with a ``LoRALinear``; returns the wrapped modules' names."""
+    (HF projection names) with a ``LoRALinear`` (an int8 / int4 one with a ``QLoRALinear``);
+    returns the wrapped modules' names."""
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
     unknown = sorted(set(targets) - set(PROJECTIONS))
@@ -80,25 +86,40 @@ def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0,
     for p in model.parameters():
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
+    head = getattr(model, "lm_head", None)
+    dtype = head.weight.dtype if isinstance(head, nn.Linear) else torch.float32
     wrapped = []
     for name, module in list(model.named_modules()):
+        if isinstance(module, (LoRALinear, QLoRALinear)):
+            continue
         for child_name, child in list(module.named_children()):
-            if child_name in targets and type(child) is nn.Linear:
-                lora = LoRALinear(child, rank, alpha, dropout)
-                lora.reset_lora(generator if child.weight.device.type == "cpu" else None)
+            if child_name in targets and (type(child) is nn.Linear or isinstance(child, QUANTIZED_BASES)):
+                if isinstance(child, QUANTIZED_BASES):
+                    lora = QLoRALinear(child, rank, alpha, dropout, dtype=dtype)
+                else:
+                    lora = LoRALinear(child, rank, alpha, dropout)
+                lora.reset_lora(generator if lora.lora_A.weight.device.type == "cpu" else None)
                 setattr(module, child_name, lora)
                 wrapped.append(f"{name}.{child_name}" if name else child_name)
     if not wrapped:
         raise ValueError(f"no nn.Linear named {list(targets)} in the model")
+    make_differentiable(model)  # a quantized base (QLoRA): gradients pass its other linears too
     return wrapped
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight, in place; the model is plain again."""
+def merge_lora(model: nn.Module, *, requantize: bool = False) -> nn.Module:
+    """Fold every adapter into its base weight, in place; the model is plain again.
+
+    Over a quantized base (QLoRA) the base weight is dequantized first, so the merged
+    layer is an ``nn.Linear`` equal to base + adapters; ``requantize=True`` quantizes it
+    back with the base's scheme (smaller, but only close to base + adapters). The linears
+    that had no adapter stay quantized either way (``qlora.dequantize_model`` converts them)."""
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
                 setattr(module, child_name, child.merged())
+            elif isinstance(child, QLoRALinear):
+                setattr(module, child_name, child.merged(requantize=requantize))
     return model
 
 
@@ -113,10 +134,11 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, base_model: str | Non
 
     from herd.checkpoint.files import atomic_directory
 
-    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    kinds = (LoRALinear, QLoRALinear)
+    layers = [m for m in model.modules() if isinstance(m, kinds)]
     if not layers:
         raise ValueError("the model has no LoRA adapters to save")
-    names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, LoRALinear)})
+    names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, kinds)})
     first = layers[0]
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from herd.posttrain.config import PosttrainConfig, PPOConfig
-from herd.posttrain.setup import configure, load_tokenizer, make_export, make_prepare
+from herd.posttrain.setup import configure, load_tokenizer, make_export, make_prepare, reference_model
 from herd.train import TrainResult, pretrain
 
 
@@ -239,7 +239,6 @@ def load_prompts(path: str, tokenizer: Any) -> list[list[int]]:
 
 def run_ppo(cfg: PosttrainConfig) -> TrainResult:
     """PPO from ``base.model`` against ``ppo.reward_model``; the reference is the base model."""
-    from herd.checkpoint import load_any
     from herd.posttrain.reward import load_reward_model
     from herd.train.distributed import init_distributed
 
@@ -251,7 +250,7 @@ def run_ppo(cfg: PosttrainConfig) -> TrainResult:
         raise ValueError("PPO runs on one device for now (rollouts are generated on each rank's full model)")
     if cfg.base.model is None:
         raise ValueError("PPO starts from a model: set base.model")
-    reference = load_any(cfg.base.model, dtype=torch.float32, device=info.device).eval()
+    reference = reference_model(cfg, info.device).eval()  # with QLoRA: the quantized base
     reward_model = load_reward_model(m.reward_model, device=info.device)
     for p in [*reference.parameters(), *reward_model.parameters()]:
         p.requires_grad_(False)

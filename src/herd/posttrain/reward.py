@@ -28,6 +28,7 @@ from herd.model import ModelArgs, Transformer
 from herd.posttrain.config import PosttrainConfig
 from herd.posttrain.lora import merge_lora
 from herd.posttrain.pairs import Pair, PairBatch, PairLoader, load_pairs
+from herd.posttrain.qlora import dequantize_model
 from herd.posttrain.setup import configure, load_tokenizer, make_prepare, plain_model, write_report
 from herd.tokenizer import Tokenizer
 from herd.train import TrainResult, pretrain
@@ -155,6 +156,8 @@ def run_reward(cfg: PosttrainConfig) -> TrainResult:
         plain = add_score_head(plain_model(model, args, state, cfg))
         if cfg.lora.rank:
             merge_lora(plain)
+            if cfg.lora.base_quantization:  # QLoRA: a plain (dequantized) backbone
+                dequantize_model(plain)
         plain.score.weight.data.copy_(state["score.weight"])
         return save_reward_model(plain, out_dir, tokenizer=tokenizer)
 

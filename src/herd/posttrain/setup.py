@@ -5,7 +5,10 @@ checkpoint's architecture and sets ``model.init_from`` to it, so the trainer its
 the base weights (broadcast from rank 0 under FSDP2). The ``prepare_model`` hook then adds
 the LoRA adapters (freezing the base) and any method-specific head. ``export`` writes the
 result: the full model in the native HF layout, and with LoRA also the adapters alone in
-PEFT's layout (``final/adapter``) while ``final`` holds the merged model.
+PEFT's layout (``final/adapter``) while ``final`` holds the merged model. With
+``lora.base_quantization`` (QLoRA) the base is quantized (herd.quant) before the adapters
+go on, and ``final`` holds the dequantized base with the adapters merged: the function
+the run trained, in full precision (``herd quantize`` it again to serve it small).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 from herd.model import ModelArgs, Transformer
 from herd.posttrain.config import PosttrainConfig
 from herd.posttrain.lora import add_lora, merge_lora, save_adapter
+from herd.posttrain.qlora import copy_int4_values, dequantize_model
 from herd.tokenizer import Tokenizer
 from herd.train.config import ConfigError
 from herd.train.distributed import DistInfo, full_state_dict
@@ -67,6 +71,10 @@ def make_prepare(cfg: PosttrainConfig, extra: Callable[[nn.Module], None] | None
         if cfg.lora.rank:
             if info.sharded:
                 raise ConfigError("lora.rank > 0 under FSDP2 is not supported yet: run LoRA on one device")
+            if cfg.lora.base_quantization:
+                from herd.quant import quantize
+
+                quantize(model, cfg.lora.base_quantization)
             add_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                      targets=cfg.lora.targets, seed=cfg.lora.init_seed)
         if extra is not None:
@@ -80,10 +88,16 @@ def plain_model(model: nn.Module, args: ModelArgs, state: dict[str, torch.Tensor
                 cfg: PosttrainConfig) -> Transformer:
     """A plain CPU ``Transformer`` from a trained model's full state (adapters merged)."""
     plain = Transformer(args)
+    if cfg.lora.base_quantization:
+        from herd.quant import quantize
+
+        quantize(plain, cfg.lora.base_quantization)  # the same module types, so the state fits
     if cfg.lora.rank:
         add_lora(plain, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets)
     extra = {k: v for k, v in state.items() if k not in plain.state_dict()}
     plain.load_state_dict({k: v for k, v in state.items() if k not in extra}, strict=True)
+    if cfg.lora.base_quantization:
+        copy_int4_values(model, plain)  # int4 bytes are packed per device: copy the integers
     if args.tie_word_embeddings:
         plain.lm_head.weight = plain.model.embed_tokens.weight
     return plain
@@ -103,9 +117,26 @@ def make_export(cfg: PosttrainConfig, tokenizer: Tokenizer
         if cfg.lora.rank:
             save_adapter(plain, Path(out_dir) / "adapter", base_model=cfg.base.model)
             merge_lora(plain)
+            if cfg.lora.base_quantization:  # QLoRA: the export is the dequantized base + adapters
+                dequantize_model(plain)
         return save_pretrained(plain, out_dir, tokenizer=tokenizer)  # keeps final/adapter beside it
 
     return export
+
+
+def reference_model(cfg: PosttrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The frozen reference policy of DPO / PPO: the base model, or with QLoRA
+    (``lora.base_quantization``) the base as the policy starts from, quantized (and
+    dequantized again, to run on any device)."""
+    from herd.checkpoint import load_any
+
+    base = load_any(cfg.base.model, dtype=torch.float32)
+    if cfg.lora.base_quantization:
+        from herd.posttrain.qlora import dequantize_model
+        from herd.quant import quantize
+
+        base = dequantize_model(quantize(base, cfg.lora.base_quantization))
+    return base.to(device)
 
 
 def write_report(run_dir: str | Path, name: str, report: dict) -> Path:
