@@ -173,7 +173,7 @@ def run_dpo(cfg: PosttrainConfig) -> TrainResult:
         return reference_logps(reference_model(cfg, info.device), pairs, train.train.micro_batch_rows)
 
     reference = cached_reference(Path(train.run_dir) / REFERENCE_CACHE, _data_key(cfg, pairs), compute)
-    loader = PairLoader(pairs, seed=train.train.seed, rank=info.rank, world_size=info.world_size,
+    loader = PairLoader(pairs, seed=train.train.seed, rank=info.dp_rank, world_size=info.dp_size,
                         reference=reference)
     train.data.tokenizer = tok_source
     result = pretrain(train, objective=DPO(cfg.method.beta, cfg.method.nll_coef), loader=loader,

@@ -146,7 +146,7 @@ def run_reward(cfg: PosttrainConfig) -> TrainResult:
     info = init_distributed(train.train.device)
     if info.sharded:  # the score head is added after FSDP2 wraps the model: its gradients would not be reduced
         raise ValueError("reward-model training runs on one device for now (no torchrun)")
-    loader = PairLoader(pairs, seed=train.train.seed, rank=info.rank, world_size=info.world_size)
+    loader = PairLoader(pairs, seed=train.train.seed, rank=info.dp_rank, world_size=info.dp_size)
     train.data.tokenizer = tok_source
 
     def export(model: nn.Module, args: ModelArgs, info: DistInfo, out_dir: Path) -> Path | None:

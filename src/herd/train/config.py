@@ -71,6 +71,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile each block
     activation_checkpointing: bool = False  # recompute each block in the backward
     threads: int = 0  # torch CPU threads (0: torch's default)
+    tensor_parallel: int = 1  # TP degree under torchrun: blocks split over this many ranks, FSDP2 over the rest
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Config:
         _positive("train.steps", t.steps)
         _positive("train.micro_batch_rows", t.micro_batch_rows)
         _positive("train.loss_chunk_size", t.loss_chunk_size)
+        _positive("train.tensor_parallel", t.tensor_parallel)
         _positive("data.seq_len", self.data.seq_len)
         for rows in [t.global_batch_rows] + [stage[1] for stage in t.batch_ramp if len(stage) == 2]:
             _positive("train.global_batch_rows", rows)

@@ -14,19 +14,24 @@ shards, and the weights are initialised in place:
   weights in host memory and every tensor is scattered to its shards one at a time
   (``broadcast_from_rank0``): identical values at any world size, which the tests check.
 
-Tensor parallelism is not implemented yet (FSDP2 over one mesh dimension only).
+With ``train.tensor_parallel = tp > 1`` the ranks form a 2-D mesh ``("dp", "tp")``:
+the blocks are first split over ``"tp"`` by ``herd.train.tensor_parallel`` (PyTorch's
+``parallelize_module``), then FSDP2 shards them over ``"dp"`` (the torchtitan
+composition). Ranks of one TP group read the same rows (``dp_rank`` / ``dp_size``).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from herd.model import ModelArgs, Transformer
+from herd.train.tensor_parallel import TensorParallelError, apply_tensor_parallel, check_tensor_parallel, make_mesh
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,18 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # this call created the process group (and destroys it at the end)
+    tp_size: int = 1  # tensor-parallel degree; ranks r // tp_size share the data of one DP rank
+    mesh: Any = None  # the ("dp", "tp") DeviceMesh when tp_size > 1
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's data-parallel index: which rows of the global batch it reads."""
+        return self.rank // self.tp_size
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel ranks: how many ways the global batch is split."""
+        return self.world_size // self.tp_size
 
     @property
     def is_main(self) -> bool:
@@ -54,11 +71,17 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group when launched by torchrun; otherwise one process."""
+def init_distributed(device: str = "auto", tensor_parallel: int = 1) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; otherwise one process.
+
+    ``tensor_parallel > 1`` also builds the ``("dp", "tp")`` mesh; it must divide the world size.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
+    if tensor_parallel < 1 or world_size % tensor_parallel:
+        raise TensorParallelError(f"train.tensor_parallel = {tensor_parallel} does not divide the world size "
+                                  f"{world_size} (torchrun --nproc_per_node ... must be a multiple of it)")
     if world_size == 1:
         return DistInfo(device=dev)
     if dev.type == "cuda":
@@ -67,7 +90,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if owns:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 device_id=dev if dev.type == "cuda" else None)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
+    if tensor_parallel == 1:
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
+    mesh = make_mesh(dev.type, dist.get_world_size(), tensor_parallel)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns, tensor_parallel, mesh)
 
 
 def shutdown_distributed(info: DistInfo) -> None:
@@ -76,11 +102,15 @@ def shutdown_distributed(info: DistInfo) -> None:
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
-    """Sum a few scalars over ranks (float64, so counts stay exact)."""
+    """Sum a few scalars over the data-parallel ranks (float64, so counts stay exact).
+
+    Under tensor parallelism the ranks of one TP group hold the same rows and the same
+    loss, so the sum runs over the ``"dp"`` mesh dimension only.
+    """
     if not info.sharded:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=info.mesh.get_group("dp") if info.mesh is not None else None)
     return t.tolist()
 
 
@@ -105,9 +135,14 @@ def build_model(args: ModelArgs, info: DistInfo, *, init_std: float, seed: int,
 
     mp = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32) if mixed_precision else (
         MixedPrecisionPolicy())
+    dp_mesh = None
+    if info.tp_size > 1:
+        check_tensor_parallel(args, info.tp_size, info.world_size)
+        apply_tensor_parallel(model, info.mesh["tp"])
+        dp_mesh = info.mesh["dp"]  # FSDP2 over "dp" only, even of size 1 (its mixed precision applies)
     for block in model.model.layers:
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp)
     if info.device.type == "cuda":
         model.to_empty(device=info.device)
         model.init_weights(init_std, generator=torch.Generator(info.device).manual_seed(seed))

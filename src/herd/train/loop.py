@@ -79,7 +79,7 @@ def pretrain(config: Config, *, objective: Objective | None = None, loader: Any 
     replaces the final HF export (adapters in PEFT's layout, a reward model).
     """
     config.validate()
-    info = init_distributed(config.train.device)
+    info = init_distributed(config.train.device, config.train.tensor_parallel)
     try:
         return _train(config, info, objective, loader, prepare_model, export)
     finally:
@@ -115,7 +115,7 @@ def _train(cfg: Config, info: DistInfo, objective: Objective | None, loader: Any
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.steps, cfg.optim.lr)
     ramp = BatchRamp.from_config(cfg.train.global_batch_rows, cfg.train.batch_ramp)
-    _check_batch_sizes(ramp, info.world_size)
+    _check_batch_sizes(ramp, info.dp_size)
     loader = loader if loader is not None else make_loader(cfg, args, info)
     objective = objective or CausalLM(cfg.train.loss_chunk_size, cfg.data.document_masking, cfg.train.loss_mode)
     faults = FaultMonitor(cfg.faults)
@@ -246,12 +246,13 @@ def accumulate_gradients(model: nn.Module, objective: Objective, micro_batches: 
     Each micro-batch's loss SUM is divided by ``n_targets``, the target count of the whole
     step over all micro-batches and ranks, so the accumulated gradient is exactly that of
     the mean loss over the global batch, however unevenly the targets fall. FSDP2 averages
-    gradients over ranks, so the loss is also multiplied by the world size. ``poison``
+    gradients over the data-parallel ranks, so the loss is also multiplied by their number
+    (the world size over the tensor-parallel degree). ``poison``
     (a test hook for fault handling) turns the loss into NaN. ``metrics``, when given,
     receives the sum over micro-batches of each metric the objective returns (objectives
     return sums over their targets; the loop divides by the step's target count).
     """
-    scale = info.world_size / max(n_targets, 1.0)
+    scale = info.dp_size / max(n_targets, 1.0)
     loss_sum = 0.0
     for i, micro in enumerate(micro_batches):
         _sync_gradients(model, i == len(micro_batches) - 1)
@@ -285,7 +286,7 @@ def make_loader(cfg: Config, args: ModelArgs, info: DistInfo) -> PackedLoader:
             from herd.tokenizer import Tokenizer
 
             tokenizer_hash = Tokenizer.load(cfg.data.tokenizer).hash
-    return PackedLoader(sources, cfg.data.seq_len, rank=info.rank, world_size=info.world_size,
+    return PackedLoader(sources, cfg.data.seq_len, rank=info.dp_rank, world_size=info.dp_size,
                         seed=cfg.train.seed, document_masking=cfg.data.document_masking,
                         tokenizer_hash=tokenizer_hash)
 
@@ -360,7 +361,7 @@ def _check_batch_sizes(ramp: BatchRamp, world_size: int) -> None:
     for rows in ramp.all_sizes():
         if rows % world_size:
             raise ConfigError(f"train.global_batch_rows / batch_ramp size {rows} is not divisible by the "
-                              f"world size {world_size}")
+                              f"data-parallel size {world_size}")
 
 
 def _amp_dtype(name: str, device: torch.device) -> torch.dtype | None:

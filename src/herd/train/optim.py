@@ -64,16 +64,25 @@ def _fused_ok(model: nn.Module) -> bool:
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     """Clip the total gradient norm over all ranks to ``max_norm`` (0: measure only); returns it.
 
-    Under FSDP2 the gradients are DTensor shards and ``clip_grad_norm_`` reduces the norm
-    over the mesh, so every rank clips by the same global factor.
+    Under FSDP2 the gradients are DTensor shards and their norm is reduced over the mesh,
+    so every rank clips by the same global factor. With tensor parallelism the split
+    weights live on the ("dp", "tp") mesh and the rest on "dp" alone; DTensor cannot stack
+    norms from two meshes, so each mesh's norm is reduced on its own, then combined.
     """
     from torch.distributed.tensor import DTensor
 
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
+    groups: dict[object, list[torch.Tensor]] = {}  # device mesh (None: plain tensors) -> parameters
+    for p in model.parameters():
+        if p.grad is not None:
+            groups.setdefault(p.device_mesh if isinstance(p, DTensor) else None, []).append(p)
+    if not groups:
         return 0.0
+    norms = []
+    for params in groups.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0, error_if_nonfinite=False, foreach=True)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
     limit = max_norm if max_norm > 0 else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(params, limit, error_if_nonfinite=False, foreach=True)
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()
-    return float(norm)
+    for params in groups.values():
+        torch.nn.utils.clip_grads_with_norm_(params, limit, total, foreach=True)
+    return float(total)
