@@ -9,6 +9,7 @@ parallelism, caches or file formats: attention goes through an ``AttentionBacken
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -190,23 +191,37 @@ class Transformer(nn.Module):
         """Pre-training initialisation: N(0, std) for embeddings and input projections,
         output projections (o_proj, down_proj) scaled down with depth by
         1/sqrt(2 * (layer + 1)), norms at 1, and the LM head at N(0, dim**-0.5)."""
+        for name, init in self.init_plan(std):
+            init(self.get_parameter(name), generator)
+
+    def init_plan(self, std: float = 0.02) -> list[tuple[str, Callable[[Tensor, torch.Generator | None], None]]]:
+        """``init_weights`` as (parameter name, in-place initialiser) in the order the random
+        numbers are drawn, so a tensor can be initialised alone (one at a time on one rank,
+        then scattered to its shards) and still get the values the whole model would."""
+        def normal(s: float):
+            return lambda t, g: nn.init.normal_(t, std=s, generator=g)
+
+        def trunc(s: float):
+            return lambda t, g: nn.init.trunc_normal_(t, std=s, a=-3 * s, b=3 * s, generator=g)
+
+        def ones(t: Tensor, g: torch.Generator | None) -> None:
+            t.fill_(1.0)
+
         tied = self.args.tie_word_embeddings
         embed_std = self.args.dim ** -0.5 if tied else std  # a tied table is also the output head
-        nn.init.normal_(self.model.embed_tokens.weight, std=embed_std, generator=generator)
-        for i, layer in enumerate(self.model.layers):
+        plan = [("model.embed_tokens.weight", normal(embed_std))]
+        for i in range(self.args.n_layers):
             depth_std = std / math.sqrt(2 * (i + 1))
-            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                        layer.mlp.gate_proj, layer.mlp.up_proj):
-                nn.init.trunc_normal_(lin.weight, std=std, a=-3 * std, b=3 * std, generator=generator)
-            for lin in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                nn.init.trunc_normal_(lin.weight, std=depth_std, a=-3 * depth_std, b=3 * depth_std,
-                                      generator=generator)
-            layer.input_layernorm.weight.fill_(1.0)
-            layer.post_attention_layernorm.weight.fill_(1.0)
-        self.model.norm.weight.fill_(1.0)
+            block = f"model.layers.{i}"
+            for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+                plan.append((f"{block}.{name}.weight", trunc(std)))
+            for name in ("self_attn.o_proj", "mlp.down_proj"):
+                plan.append((f"{block}.{name}.weight", trunc(depth_std)))
+            plan += [(f"{block}.input_layernorm.weight", ones), (f"{block}.post_attention_layernorm.weight", ones)]
+        plan.append(("model.norm.weight", ones))
         if not tied:
-            s = self.args.dim ** -0.5
-            nn.init.trunc_normal_(self.lm_head.weight, std=s, a=-3 * s, b=3 * s, generator=generator)
+            plan.append(("lm_head.weight", trunc(self.args.dim ** -0.5)))
+        return plan
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() counts tied tensors once

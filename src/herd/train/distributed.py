@@ -158,15 +158,29 @@ def _retie(model: Transformer) -> None:
 
 
 def _init_from_rank0(model: nn.Module, args: ModelArgs, info: DistInfo, init_std: float, seed: int) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    """CPU sharded init, one tensor at a time: rank 0 draws each full tensor in
+    ``init_plan``'s order (the single-process values), broadcasts it, and every rank keeps
+    its shard (``distribute_tensor`` without communication); a rank holds at most one full
+    tensor at a time, never the model."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
     model.to_empty(device=info.device)
-    full: dict[str, torch.Tensor] = {}
-    if info.is_main:
-        reference = Transformer(args)
-        reference.init_weights(init_std, generator=torch.Generator().manual_seed(seed))
-        full = reference.state_dict()
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, init in model.init_plan(init_std):
+            param = model.get_parameter(name)
+            full = torch.empty(param.shape, dtype=param.dtype, device=info.device)
+            if info.is_main:
+                init(full, generator)
+            dist.broadcast(full, src=0)
+            if isinstance(param, DTensor):  # every rank has the tensor: each keeps its own shard, no more traffic
+                param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+            else:
+                param.copy_(full)
+            del full
+        head, embed = model.get_parameter("lm_head.weight"), model.get_parameter("model.embed_tokens.weight")
+        if args.tie_word_embeddings and head is not embed:  # the plan draws the tied table once
+            head.copy_(embed)
 
 
 # ModelArgs fields that fix the weights' shapes; the rest (RoPE theta and scaling, the
