@@ -128,3 +128,16 @@ def test_tensor_parallel_degree_must_divide_world_and_heads():
         init_distributed("cpu", tensor_parallel=2)  # one process cannot hold 2 TP ranks
     with pytest.raises(ConfigError, match="train.tensor_parallel"):
         tiny_config(REPO / "unused", train={"tensor_parallel": 0})
+
+
+def test_init_from_streams_a_checkpoint_into_fsdp_and_tp_shards(tmp_path):
+    """A sharded run reads model.init_from one tensor at a time (rank 0 memory-maps it, each
+    rank keeps its shard) and starts exactly where one process loading it whole starts."""
+    first = pretrain(tiny_config(tmp_path / "a", model=MODEL, train={**TRAIN, "steps": 2},
+                                 checkpoint={"export": True}))
+    one = pretrain(tiny_config(tmp_path / "one", model={**MODEL, "init_from": str(first.export_dir)}, train=TRAIN))
+    for name, tp in (("fsdp", 1), ("tp", 2)):
+        _torchrun(2, _toml(tmp_path, name, tp), f"model.init_from={first.export_dir}")
+        sharded = losses(tmp_path / name)
+        for step, loss in one.losses.items():
+            assert abs(sharded[step] - loss) < 1e-5, (name, step, sharded[step], loss)

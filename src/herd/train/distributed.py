@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,25 +191,88 @@ SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_d
 
 def load_initial_weights(model: nn.Module, path: str | os.PathLike, args: ModelArgs, info: DistInfo) -> None:
     """Replace ``model``'s initial weights with a checkpoint's (native or Meta layout): the
-    start of a continued stage (long context, annealing) or of post-training. Rank 0 reads
-    the file; a sharded model receives its shards by broadcast. The checkpoint's shapes
-    must match ``args``; its RoPE settings and context length need not."""
+    start of a continued stage (long context, annealing) or of post-training. The
+    checkpoint's shapes must match ``args``; its RoPE settings and context length need not.
+
+    One process loads the whole checkpoint. A sharded model reads an (unquantized) HF-layout
+    checkpoint one tensor at a time: rank 0 memory-maps it, each tensor is broadcast and
+    every rank keeps its shard, so no rank holds the whole model. Other layouts (Meta's
+    consolidated files, quantized checkpoints) are read whole on rank 0 and scattered."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    from herd.checkpoint import load_any
+    if info.sharded:
+        streamable = [_streamable_hf(path, args) if info.is_main else None]
+        dist.broadcast_object_list(streamable, src=0)
+        if streamable[0] is not None:
+            error = streamable[0] if isinstance(streamable[0], str) else None
+            if error:
+                raise ValueError(error)
+            _stream_hf_tensors(model, path, info)
+            return
 
     full: dict[str, torch.Tensor] = {}
     if info.is_main:
+        from herd.checkpoint import load_any
+
         source = load_any(path, dtype=torch.float32)
-        for name in SHAPE_FIELDS:
-            have, want = getattr(source.args, name), getattr(args, name)
-            if have != want:
-                raise ValueError(f"model.init_from {path}: its {name} is {have}, the run's model has {want}")
+        _check_shapes(path, source.args, args)
         full = source.state_dict()
     if not info.sharded:
         model.load_state_dict({k: v.to(info.device) for k, v in full.items()})
         return
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def _check_shapes(path: str | os.PathLike, have_args: ModelArgs, want_args: ModelArgs) -> None:
+    for name in SHAPE_FIELDS:
+        have, want = getattr(have_args, name), getattr(want_args, name)
+        if have != want:
+            raise ValueError(f"model.init_from {path}: its {name} is {have}, the run's model has {want}")
+
+
+def _streamable_hf(path: str | os.PathLike, args: ModelArgs) -> bool | str | None:
+    """True for an unquantized HF-layout checkpoint whose shapes match (a message if they
+    do not); None for the layouts read whole."""
+    from herd.checkpoint.auto import detect_format
+    from herd.checkpoint.hf import read_hf_args
+    from herd.quant.checkpoint import quantization_method
+
+    if detect_format(path) != "hf" or quantization_method(path) is not None:
+        return None
+    try:
+        _check_shapes(path, read_hf_args(path)[0], args)
+    except ValueError as e:
+        return str(e)
+    return True
+
+
+def _stream_hf_tensors(model: nn.Module, path: str | os.PathLike, info: DistInfo) -> None:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    from herd.checkpoint.hf import read_headers, weight_files
+
+    headers = read_headers(weight_files(Path(path))) if info.is_main else {}
+    handles: dict = {}
+    embed = "model.embed_tokens.weight"
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            full = torch.empty(param.shape, dtype=torch.float32, device=info.device)
+            if info.is_main:
+                key = name if name in headers else embed  # a tied checkpoint may leave the head out
+                if key not in headers:
+                    raise ValueError(f"model.init_from {path}: no tensor {name} in its safetensors files")
+                file = headers[key][0]
+                if file not in handles:
+                    from safetensors import safe_open
+
+                    handles[file] = safe_open(str(file), framework="pt")
+                full.copy_(handles[file].get_tensor(key))
+            dist.broadcast(full, src=0)
+            if isinstance(param, DTensor):  # every rank keeps its own shard, no more traffic
+                param.copy_(distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None))
+            else:
+                param.copy_(full)
+            del full
 
 
 def wrap_blocks(model: Transformer, *, activation_checkpointing: bool, compile: bool) -> None:
