@@ -57,3 +57,23 @@ def test_reward_model_learns_held_out_preference_and_loads_in_transformers(byte_
 def test_load_reward_model_refuses_a_causal_lm(tiny_base):
     with pytest.raises(ValueError, match="not a reward model"):
         load_reward_model(tiny_base)
+
+
+def test_an_untied_reward_run_resumes_from_its_checkpoint(tmp_path, byte_tok):
+    """The unused LM head is frozen: a resumed run must not look for optimizer state it never had."""
+    from herd.checkpoint import save_pretrained
+    from herd.posttrain import load_posttrain_config, run_reward
+    from tests.posttrain.conftest import make_byte_model, write_jsonl
+
+    save_pretrained(make_byte_model(seed=1, tie_word_embeddings=False), tmp_path / "base", tokenizer=byte_tok)
+    pair = {"prompt": [{"role": "user", "content": "a"}], "chosen": [{"role": "assistant", "content": "b"}],
+            "rejected": [{"role": "assistant", "content": "c"}]}
+    prefs = write_jsonl(tmp_path / "p.jsonl", [pair] * 4)
+    for steps in (2, 4):
+        cfg = load_posttrain_config("reward", "configs/reward-tiny.toml", [
+            f"base.model={tmp_path / 'base'}", f"reward.data={prefs}", f"reward.held_out={prefs}",
+            f"run_dir={tmp_path / 'run'}", f"train.steps={steps}", "train.global_batch_rows=2",
+            "train.micro_batch_rows=2", "checkpoint.every=2"])
+        result = run_reward(cfg)
+        assert result.step == steps
+    assert result.resumed_from is not None

@@ -1,4 +1,4 @@
-"""`herd sft | dpo | reward | ppo | distill | average | synth`: post-training commands over herd.posttrain."""
+"""`herd sft | dpo | reward | ppo | distill | average | synth | round`: post-training commands over herd.posttrain."""
 
 from __future__ import annotations
 
@@ -92,17 +92,13 @@ def register(app: typer.Typer) -> None:
 
         from herd.checkpoint import CheckpointError, load_any
         from herd.cli import _fail, console
-        from herd.posttrain.chat_data import ChatDataError, parse_messages, read_jsonl
-        from herd.posttrain.rejection import rejection_sample
+        from herd.posttrain.chat_data import ChatDataError
+        from herd.posttrain.rejection import read_prompts, rejection_sample
         from herd.posttrain.reward import load_reward_model
-        from herd.tokenizer import Message, Tokenizer
+        from herd.tokenizer import Tokenizer
 
         try:
-            dialogs = []
-            for where, rec in read_jsonl(prompts):
-                raw = rec.get("prompt", rec.get("messages"))
-                msgs = [Message("user", raw)] if isinstance(raw, str) else parse_messages(raw, where, "prompt")
-                dialogs.append(msgs[:-1] if msgs and msgs[-1].role == "assistant" else msgs)
+            dialogs = read_prompts(prompts)
             report = rejection_sample(load_any(model), load_reward_model(reward_model), Tokenizer.from_dir(model),
                                       dialogs, out, k=k, threshold=threshold, temperature=temperature,
                                       max_new_tokens=max_new_tokens, seed=seed)
@@ -127,6 +123,26 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, ChatDataError, CheckpointError, ValueError, FileNotFoundError) as e:
             raise _fail(str(e)) from None
         console.print(json.dumps({k: report[k] for k in ("seeds", "generated", "dropped", "kept", "out")}, indent=1))
+
+    @app.command("round")
+    def round_cmd(config: ConfigOpt, overrides: Overrides = None) -> None:
+        """One post-training round: reward model -> rejection sampling -> SFT -> DPO -> average, with a
+        lineage manifest (round.json); re-running finishes an interrupted round."""
+        import json
+
+        from herd.checkpoint import CheckpointError
+        from herd.cli import _fail, console
+        from herd.posttrain.chat_data import ChatDataError
+        from herd.posttrain.round import load_round_config, run_round
+        from herd.train import ConfigError, TrainingFault
+
+        try:
+            manifest = run_round(load_round_config(config, overrides or []), str(config))
+        except (ConfigError, ChatDataError, CheckpointError, TrainingFault, ValueError, FileNotFoundError) as e:
+            raise _fail(str(e)) from None
+        summary = {name: {"output": rec["output"], "seconds": rec["seconds"]}
+                   for name, rec in manifest["stages"].items()}
+        console.print(json.dumps({"final": manifest["final"], "stages": summary}, indent=1))
 
     @app.command()
     def average(

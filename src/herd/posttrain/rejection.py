@@ -27,6 +27,19 @@ from torch import nn
 from herd.tokenizer.chat_format import ChatFormat, Message
 
 
+def read_prompts(path: str | Path) -> list[list[Message]]:
+    """Prompts from JSON Lines of ``{"prompt": "text"}`` or ``{"messages": [...]}`` (a final
+    assistant turn, if any, is left out: the policy writes it)."""
+    from herd.posttrain.chat_data import parse_messages, read_jsonl
+
+    dialogs = []
+    for where, rec in read_jsonl(path):
+        raw = rec.get("prompt", rec.get("messages"))
+        msgs = [Message("user", raw)] if isinstance(raw, str) else parse_messages(raw, where, "prompt")
+        dialogs.append(msgs[:-1] if msgs and msgs[-1].role == "assistant" else msgs)
+    return dialogs
+
+
 def _stats(values: Sequence[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:

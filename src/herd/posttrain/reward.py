@@ -45,6 +45,8 @@ def add_score_head(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         model.score.weight.copy_(torch.randn(1, dim, generator=g) * 0.02)
+    if model.lm_head.weight is not weight:  # an untied LM head is unused: frozen, it has no optimizer state
+        model.lm_head.weight.requires_grad_(False)  # that a resumed run would look for and not find
     return model
 
 
