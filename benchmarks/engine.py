@@ -22,8 +22,16 @@ number of tokens (no stop tokens).
   table only when it is also the head) times batch-1 engine steps per second, over the
   read bandwidth measured here (a sum over a 1 GiB tensor, best of 3).
 
-llama.cpp (llama-cpp-python, a ~15-minute source build here) is not measured by this
-script. Other workers share this machine's 2 cores: timings are noisy.
+* llama.cpp (the peer for batch-1 decode at the same precision): the same weights exported
+  with ``herd.checkpoint.gguf.export_gguf`` (F16 against herd's bf16 or fp16: both two
+  bytes a weight; ``--llama-cpp-q8`` adds Q8_0 against herd's int8 weight-only model) and
+  run by llama-cpp-python on ``--threads`` threads, greedy one token at a time, timed like
+  the others (N new tokens minus the first) in the same rounds. The GGUF carries the
+  Llama 3 tokenizer (llama-models' tokenizer.model, or ``--tokenizer``). llama-cpp-python
+  is a ~15-minute source build and not in CI: without it (or without a tokenizer, or on a
+  GPU) the peer is skipped with a message and no llama.cpp figure is printed.
+
+Other workers share this machine's 2 cores: timings are noisy.
 
     python benchmarks/engine.py                       # llama3.2-1b shape, bf16, 2 threads
     python benchmarks/engine.py --preset llama3.2-3b --new-tokens 32
@@ -36,9 +44,11 @@ import argparse
 import functools
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +72,7 @@ print = functools.partial(print, flush=True)  # noqa: A001  (progress shows as i
 TARGET_VS_TRANSFORMERS = 2.0
 TARGET_CONCURRENCY = 6.0
 TARGET_SPECULATIVE = 1.0
+TARGET_VS_LLAMA_CPP = 0.8
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,7 +91,79 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llama-cpp", action=argparse.BooleanOptionalAction, default=True,
+                   help="time llama.cpp (llama-cpp-python) on the same weights exported as GGUF F16")
+    p.add_argument("--llama-cpp-q8", action="store_true",
+                   help="also llama.cpp Q8_0 against herd's int8 weight-only model (slow to export)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.model for the GGUF (default: llama-models' "
+                   "Llama 3 tokenizer)")
     return p.parse_args()
+
+
+# ------------------------------------------------------------------ llama.cpp, the peer
+
+
+def llama_cpp_skip_reason(opts: argparse.Namespace, device: torch.device) -> str | None:
+    """Why llama.cpp cannot be measured in this run, or None."""
+    if not opts.llama_cpp:
+        return "--no-llama-cpp"
+    if device.type != "cpu":
+        return f"herd runs on {device.type}; the llama-cpp-python here is a CPU build"
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return "llama_cpp is not importable (pip install llama-cpp-python: a ~15-minute source build)"
+    if opts.tokenizer is None:
+        try:
+            import llama_models.llama3  # noqa: F401
+        except ImportError:
+            return "no tokenizer for the GGUF: pass --tokenizer or install llama-models"
+    return None
+
+
+def gguf_tokenizer(opts: argparse.Namespace):
+    from herd.tokenizer import Tokenizer
+
+    if opts.tokenizer is not None:
+        return Tokenizer.from_file(opts.tokenizer)
+    import llama_models.llama3 as ll3
+
+    return Tokenizer.from_file(Path(ll3.__file__).parent / "tokenizer.model")
+
+
+def llama_cpp_runner(model: Transformer, tokenizer, file_type: str, workdir: Path, prompt: list[int],
+                     max_new: int, threads: int):
+    """A ``measure`` run for llama.cpp: ``model`` exported as a GGUF of ``file_type`` and
+    loaded by llama-cpp-python; greedy decoding one token per ``eval``, each token's time
+    taken when ``eval`` returns (its logits are ready)."""
+    import llama_cpp
+
+    from herd.checkpoint.gguf import export_gguf
+
+    t = time.perf_counter()
+    path = export_gguf(model, workdir / f"model-{file_type}.gguf", tokenizer, file_type=file_type)
+    print(f"exported {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + max_new + 16, n_batch=max(512, len(prompt)),
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_argmax() -> int:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+        return int(logits.argmax())
+
+    def run(n: int) -> tuple[list[list[int]], list[float]]:
+        llm.reset()
+        start = time.perf_counter()
+        stamps = [start]
+        llm.eval(prompt)
+        stamps.append(time.perf_counter())
+        out = [last_argmax()]
+        for _ in range(n - 1):
+            llm.eval([out[-1]])
+            stamps.append(time.perf_counter())
+            out.append(last_argmax())
+        return [out], [t - start for t in stamps]
+    return run
 
 
 def read_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
@@ -109,6 +192,28 @@ def layer_skip_draft(target: Transformer, n_layers: int) -> Transformer:
     return draft.eval()
 
 
+
+
+def linear_flops_per_token(model: Transformer) -> int:
+    """Multiply-adds x 2 of every linear layer (the LM head included) for one token."""
+    return 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def run_together(engine: Engine, prompts: list[list[int]], params: SamplingParams
+                 ) -> tuple[list[list[int]], list[float]]:
+    """All prompts submitted at once and stepped to the end: their tokens, and the times of
+    the steps that decoded every request and prefilled nothing."""
+    ids = [engine.add_request(p, params) for p in prompts]
+    done: dict[str, list[int]] = {}
+    full_steps = []
+    while engine.has_unfinished():
+        t = time.perf_counter()
+        outputs = engine.step()
+        record = engine.stats.steps[-1]
+        if record.prefill_tokens == 0 and record.num_seqs == len(prompts):
+            full_steps.append(time.perf_counter() - t)
+        done.update((o.request_id, o.completion.token_ids) for o in outputs if o.finished)
+    return [done[i] for i in ids], full_steps
 
 
 def main() -> None:
@@ -141,13 +246,35 @@ def main() -> None:
     engine = Engine(model, num_blocks=-(-per_request * opts.concurrent // 16) + opts.concurrent, block_size=16,
                     max_batched_tokens=max(256, opts.prompt_len))
 
-    # 1. batch-1 decode: engine, Generator, transformers (both caches)
+    # 1. batch-1 decode: engine, Generator, transformers (both caches), llama.cpp (same weights as GGUF)
+    skip_llama_cpp = llama_cpp_skip_reason(opts, device)
+    workdir = tempfile.TemporaryDirectory(prefix="herd-bench-gguf-")
+    runs = {}
+    if skip_llama_cpp is None:  # exported first: int8 quantizes a copy of the model, GGUF wants the original
+        tokenizer = gguf_tokenizer(opts)
+        if opts.llama_cpp_q8:
+            runs["llama.cpp-q8_0"] = llama_cpp_runner(model, tokenizer, "q8_0", Path(workdir.name), prompts[0], n,
+                                                      opts.threads)
+            import copy
+
+            from herd.quant import quantize
+
+            int8 = quantize(copy.deepcopy(model), "int8")
+            runs["engine-int8"] = herd_runner(Engine(int8, num_blocks=-(-per_request // 16) + 1, block_size=16,
+                                                     max_batched_tokens=max(256, opts.prompt_len)),
+                                              prompts[:1], device)
+        runs["llama.cpp-f16"] = llama_cpp_runner(model, tokenizer, "f16", Path(workdir.name), prompts[0], n,
+                                                 opts.threads)
+    else:
+        print(f"llama.cpp skipped: {skip_llama_cpp}")
     hf = build_hf_twin(model)
     runs = {"engine": herd_runner(engine, prompts[:1], device),
-            "generator": herd_runner(Generator(model), prompts[:1], device)}
+            "generator": herd_runner(Generator(model), prompts[:1], device), **runs}
     for cache in ("dynamic", "static"):
         runs[f"transformers-{cache}"] = hf_runner(hf, prompts[:1], cache, device)
     result = measure(runs, n, opts.prompt_len, opts.repeats, device)
+    runs.clear()  # frees llama.cpp's contexts and the int8 copy
+    workdir.cleanup()
     if any(r.decode_tok_s > 1e6 for r in result.values()):
         raise SystemExit("N new tokens took no longer than one: too few tokens to time, raise --new-tokens")
     peer_name = max(("transformers-dynamic", "transformers-static"), key=lambda k: result[k].decode_tok_s)
@@ -156,6 +283,10 @@ def main() -> None:
     for label, r in result.items():
         print(f"{label:<24} {r.decode_tok_s:>12.2f} {r.decode_tok_s * gbytes:>7.1f}")
     print(f"engine greedy tokens identical to {peer_name}: {same}")
+    for label in ("llama.cpp-f16", "llama.cpp-q8_0"):
+        if label in result:  # F16 rounds bf16 weights again: a near-tie may go the other way
+            agree = sum(a == b for a, b in zip(result[label].tokens[0], result["engine"].tokens[0], strict=True))
+            print(f"{label} greedy tokens equal to the engine's: {agree} of {n}")
     del hf
 
     # 2. 16 concurrent requests vs the same run one at a time
@@ -166,18 +297,34 @@ def main() -> None:
         engine.generate(prompts[:1], params)
         seq_time.append(time.perf_counter() - t)
     sequential_s = opts.concurrent * min(seq_time)
-    best = float("inf")
+    best, full_steps = float("inf"), []
     for _ in range(opts.repeats):
         steps_before = len(engine.stats.steps)
         t = time.perf_counter()
-        out = [c.token_ids for c in engine.generate(prompts, params)]
+        out, decode_steps = run_together(engine, prompts, params)
         best = min(best, time.perf_counter() - t)
         batches = [s.num_seqs for s in engine.stats.steps[steps_before:]]
+        full_steps.extend(decode_steps)
     assert all(len(o) == n for o in out) and engine.blocks.num_used == 0
     concurrent_tok_s = opts.concurrent * n / best
     sequential_tok_s = opts.concurrent * n / sequential_s
     print(f"\n{opts.concurrent} requests together: {best:.1f} s ({concurrent_tok_s:.1f} tok/s, {len(batches)} steps, "
           f"largest batch {max(batches)}); one at a time: {sequential_s:.1f} s ({sequential_tok_s:.1f} tok/s)")
+    # where the time goes: the prompts' prefill (the same arithmetic together or one at a time,
+    # compute-bound on a CPU) and the decode steps, whose rows share one pass over the weights
+    flops = linear_flops_per_token(model)
+    head = 2 * model.lm_head.weight.numel()  # the engine runs the head on the last prompt token only
+    prefill_flops = opts.concurrent * (opts.prompt_len * (flops - head) + head)
+    decode_flops = opts.concurrent * (n - 1) * flops
+    print(f"arithmetic of the linear layers: prefill {prefill_flops / 1e9:.0f} GFLOP, decode {decode_flops / 1e9:.0f} "
+          f"GFLOP ({flops / 1e9:.2f} GFLOP a token)")
+    decode_only = None
+    if full_steps:
+        step_s = sorted(full_steps)[len(full_steps) // 2]
+        decode_only = opts.concurrent / step_s / result["engine"].decode_tok_s
+        print(f"decode steps with all {opts.concurrent} requests and no prefill: {step_s:.3f} s each (median of "
+              f"{len(full_steps)}), {opts.concurrent / step_s:.1f} tok/s, {opts.concurrent * flops / step_s / 1e9:.0f} "
+              f"GFLOP/s; batch-1 engine decode {result['engine'].decode_tok_s:.2f} tok/s")
 
     # 3. speculative decoding with a layer-skip draft
     if opts.draft_model:
@@ -218,9 +365,22 @@ def main() -> None:
         (f"engine_{opts.concurrent}_concurrent_vs_sequential", concurrency, "x", TARGET_CONCURRENCY),
         ("speculative_speedup_vs_plain_greedy", t_plain / t_spec, "x", TARGET_SPECULATIVE),
     ]
+    if "llama.cpp-f16" in result:
+        figures.insert(1, (f"engine_decode_batch1_{opts.dtype}_vs_llama.cpp_f16",
+                           result["engine"].decode_tok_s / result["llama.cpp-f16"].decode_tok_s, "x",
+                           TARGET_VS_LLAMA_CPP))
+    if "llama.cpp-q8_0" in result:
+        figures.insert(2, ("engine_decode_batch1_int8_vs_llama.cpp_q8_0",
+                           result["engine-int8"].decode_tok_s / result["llama.cpp-q8_0"].decode_tok_s, "x",
+                           TARGET_VS_LLAMA_CPP))
     print()
+    if skip_llama_cpp is not None:
+        print(f"(no llama.cpp figure: {skip_llama_cpp})")
     for name, value, unit, target in figures:
         print(f"figure: {name} = {value:.2f} {unit} (target >= {target}) {'MET' if value >= target else 'MISSED'}")
+    if decode_only is not None:
+        print(f"figure: engine_{opts.concurrent}_row_decode_step_vs_batch1_decode = {decode_only:.2f} x "
+              "(aggregate decode tok/s, prefill excluded; no target)")
     print(f"figure: engine_decode_bandwidth_fraction = {achieved / bandwidth:.2f} of {bandwidth:.1f} GB/s "
           f"({achieved:.1f} GB/s, {result['engine'].decode_tok_s:.2f} tok/s; no target)")
 

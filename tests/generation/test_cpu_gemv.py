@@ -36,7 +36,7 @@ def test_thread_choice_follows_the_faster_and_keeps_probing():
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 16, 37, 300])  # tiles of 3 rows with tails, > one 128-row chunk
 @pytest.mark.parametrize("n, k", [(64, 64), (37, 203), (520, 1030)])  # tails in both dimensions
 def test_fp32_products_match_f_linear(rows, n, k):
     g = torch.Generator().manual_seed(n * k + rows)
@@ -45,12 +45,13 @@ def test_fp32_products_match_f_linear(rows, n, k):
 
 
 @needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 17])
 @pytest.mark.parametrize("n, k", [(64, 64), (37, 203), (520, 1030)])
-def test_bf16_products_round_like_f_linear(n, k):
+def test_bf16_products_round_like_f_linear(rows, n, k):
     g = torch.Generator().manual_seed(n + k)
-    x, w = torch.randn(2, 1, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16()
+    x, w = torch.randn(rows, 1, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16()
     got, want = cpu_gemv(x, w), F.linear(x, w)
-    assert got.dtype == torch.bfloat16 and got.shape == (2, 1, n)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 1, n)
     exact = F.linear(x.double(), w.double())
     # both are the fp32 sum rounded to bf16: within one bf16 step of each other and of the exact value
     step = exact.abs().clamp(min=1e-3) * 2**-7
@@ -70,10 +71,23 @@ def test_bf16_outputs_round_to_nearest_even():
 
 
 @needs_kernel
-def test_only_few_row_inference_products_are_taken():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(dtype):
+    # the tiled loop (several rows) sums each output in the one-row loop's order: a request
+    # decoded in a batch of the engine gets exactly what it gets alone
+    g = torch.Generator().manual_seed(7)
+    x, w = torch.randn(23, 1030, generator=g).to(dtype), torch.randn(521, 1030, generator=g).to(dtype)
+    together = cpu_gemv(x, w)
+    assert torch.equal(together, torch.cat([cpu_gemv(x[i:i + 1], w) for i in range(23)]))
+    assert torch.equal(together[5:7], cpu_gemv(x[5:7], w))
+
+
+@needs_kernel
+def test_only_inference_products_are_taken():
     w = torch.randn(16, 32)
     assert handles(torch.randn(1, 1, 32), w) and handles(torch.randn(8, 32), w)
-    assert not handles(torch.randn(9, 32), w)  # a prefill: matrix-matrix
+    assert handles(torch.randn(300, 32), w)  # a prefill too: the tiled loop
+    assert not handles(torch.randn(0, 32), w)
     assert not handles(torch.randn(1, 32).half(), w.half())
     assert not handles(torch.randn(1, 32), w.t().contiguous().t()[:, :32])  # a non-contiguous weight view
     w_grad = w.clone().requires_grad_()
@@ -96,8 +110,8 @@ def test_swapped_model_keeps_its_parameters_and_outputs():
     assert isinstance(model.lm_head, GemvLinear)
     assert {k: v.data_ptr() for k, v in model.state_dict().items()} == before
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
-    torch.testing.assert_close(got_prefill, want, rtol=0, atol=0)  # 12 rows: F.linear as before
-    torch.testing.assert_close(got_decode, want[:, :1], rtol=1e-4, atol=1e-5)  # 1 row: the kernel
+    torch.testing.assert_close(got_prefill, want, rtol=1e-4, atol=1e-5)  # 12 rows: the tiled loop
+    torch.testing.assert_close(got_decode, want[:, :1], rtol=1e-4, atol=1e-5)  # 1 row: the gemv loop
 
 
 @needs_kernel

@@ -14,8 +14,10 @@ text a stop string later removes, so their concatenation is ``completion.text``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from herd.engine.engine import Engine, RequestOutput
@@ -87,12 +89,29 @@ class EngineLoop:
         self._inbox: list[tuple[str, object]] = []
         self._wake = threading.Condition()
         self._closed = False
+        # callers waiting for the lock: the loop lets them in between steps (a lock is not
+        # fair, and a loop that re-takes it at once would keep new requests out until the
+        # running ones finish)
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="herd-engine", daemon=True)
         self._thread.start()
 
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The loop's lock, taken between two steps."""
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            with self._wake:
+                yield
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> RequestStream:
         """Queue a request; validation errors (empty prompt, too long...) raise here."""
-        with self._wake:
+        with self._turn():
             if self._closed:
                 raise RuntimeError("the engine loop is closed")
             request_id = self.engine.add_request(prompt_ids, params)  # the loop thread waits on _wake
@@ -102,7 +121,7 @@ class EngineLoop:
         return stream
 
     def cancel(self, request_id: str) -> None:
-        with self._wake:
+        with self._turn():
             self._inbox.append(("cancel", request_id))
             self._wake.notify()
 
@@ -114,6 +133,8 @@ class EngineLoop:
 
     def _run(self) -> None:
         while True:
+            while self._waiting:  # a submit or cancel is waiting: let it in before the next step
+                time.sleep(0.0002)
             with self._wake:
                 while not self._closed and not self._inbox and not self.engine.has_unfinished():
                     self._wake.wait()
