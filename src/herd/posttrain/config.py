@@ -17,12 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.train.config import Config, ConfigError, build_section, from_dict, parse_override, set_dotted
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from herd.train.config import Config, ConfigError, build_section, from_dict, read_toml
 
 
 @dataclass
@@ -108,19 +103,8 @@ def load_posttrain_config(method: str, path: str | Path | None = None,
     """A validated post-training config for ``method`` (a key of ``METHODS``)."""
     if method not in METHODS:
         raise ConfigError(f"unknown post-training method {method!r}; known: {', '.join(METHODS)}")
-    raw: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        where = str(path)
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
+    raw = read_toml(path, overrides)
+    where = str(path) if path is not None else "config"
     for other in METHODS:
         if other != method and other in raw:
             raise ConfigError(f"{where}: section [{other}] does not belong in a {method} config")

@@ -40,12 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herd.train.config import ConfigError, build_section, parse_override, set_dotted
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from herd.train.config import ConfigError, build_section, read_toml
 
 MANIFEST = "round.json"
 
@@ -86,14 +81,7 @@ class RoundConfig:
 
 def load_round_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RoundConfig:
     """A validated round config from TOML plus ``key=value`` overrides."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    for item in overrides:
-        set_dotted(raw, *parse_override(item))
+    raw = read_toml(path, overrides)
     where = str(path)
     for key in ("run_dir", "policy", "preferences", "prompts"):
         if not raw.get(key):

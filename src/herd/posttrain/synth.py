@@ -33,12 +33,7 @@ from typing import Any
 from herd.posttrain.chat_data import ChatDataError, read_jsonl
 from herd.posttrain.sandbox import SandboxLimits
 from herd.posttrain.synth_filters import FILTERS, Candidate, FilterConfig, filter_candidates
-from herd.train.config import ConfigError, build_section, parse_override, set_dotted
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from herd.train.config import ConfigError, build_section, read_toml
 
 
 @dataclass
@@ -61,18 +56,8 @@ class SynthConfig:
 
 def load_synth_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SynthConfig:
     """A validated ``herd synth`` config: ``[synth]``, ``[synth.filters]``, ``[synth.sandbox]``, ``[[seed]]``."""
-    raw: dict[str, Any] = {}
+    raw = read_toml(path, overrides)
     where = str(path) if path is not None else "config"
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
     unknown = sorted(set(raw) - {"synth", "seed"})
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {unknown}; a synth config has [synth] and [[seed]]")

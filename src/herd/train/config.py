@@ -172,13 +172,14 @@ def _positive(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be positive, got {value}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A validated ``Config`` from a TOML file (or the defaults) and ``section.key=value`` overrides."""
+def read_toml(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run config's raw tables: the TOML file (none: empty) with ``section.key=value``
+    overrides applied; a missing file or invalid TOML is a ``ConfigError`` naming the file.
+    Every herd command's config (pretrain, post-training, synth, round) is read here."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as e:
@@ -186,6 +187,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A validated ``Config`` from a TOML file (or the defaults) and ``section.key=value`` overrides."""
+    raw = read_toml(path, overrides)
     where = str(path) if path is not None else "config"
     return from_dict(raw, where=where).validate()
 
