@@ -82,3 +82,43 @@ def test_herd_generate_uses_the_bundled_model(bundled):
         [tok.encode("In the beginning", bos=True)], SamplingParams(max_new_tokens=12, temperature=0))[0]
     assert out["token_ids"] == want.token_ids and out["text"] == want.text
     assert len(out["token_ids"]) == 12 and out["text"].strip()
+
+
+CHAT_HELDOUT = REPO / "corpora" / "chat" / "chatterbot-heldout.jsonl.gz"
+
+
+def _assistant_loss(model, tok) -> float:
+    """Mean cross-entropy over the assistant tokens of the held-out conversations."""
+    from herd.posttrain.chat_data import encode_sft, parse_messages, read_jsonl
+    from herd.tokenizer import ChatFormat
+
+    fmt, total, count = ChatFormat(tok), 0.0, 0
+    with torch.no_grad():
+        for where, rec in read_jsonl(CHAT_HELDOUT):
+            ids, mask = encode_sft(fmt, parse_messages(rec["messages"], where))
+            logits = model(torch.tensor([ids])).float()[0, :-1]
+            keep = torch.tensor(mask[1:]) == 1
+            total += float(torch.nn.functional.cross_entropy(logits[keep], torch.tensor(ids[1:])[keep],
+                                                             reduction="sum"))
+            count += int(keep.sum())
+    return total / count
+
+
+def test_bundled_chat_model_learned_held_out_conversations_and_ends_its_turns(bundled):
+    from herd.bundled import chat_model_dir
+    from herd.tokenizer import Message
+
+    base, tok = bundled
+    chat = load_pretrained(chat_model_dir(), dtype=torch.float32).eval()
+    assert chat.args == base.args and Tokenizer.from_dir(chat_model_dir()).n_words == tok.n_words
+    base_loss, chat_loss = _assistant_loss(base, tok), _assistant_loss(chat, tok)
+    assert chat_loss < 0.75 * base_loss, (chat_loss, base_loss)
+    reply = Generator(chat, tok).chat([Message("user", "Hello")], SamplingParams(temperature=0, max_new_tokens=48))
+    assert reply.role == "assistant" and reply.content.strip() and reply.stop_reason == "end_of_turn"
+
+
+def test_herd_chat_uses_the_bundled_chat_model():
+    done = subprocess.run([sys.executable, "-m", "herd.cli", "chat", "--temperature", "0", "--max-new-tokens", "32"],
+                          input="Hello\n/exit\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()

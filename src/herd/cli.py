@@ -177,7 +177,8 @@ def _save_history(readline, path: Path) -> None:
 
 @app.command()
 def chat(
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory (HF or Meta layout).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory (HF or Meta layout); default: "
+                                               "herd's bundled chat model.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 1024,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.6,
@@ -191,8 +192,12 @@ def chat(
     from herd.generation import Generator
 
     if model is None:
-        raise _fail("herd ships a base model only (`herd generate` uses it), not a chat model yet: pass "
-                    "--model DIR (a Llama 3.x Instruct checkpoint in HF or Meta layout)")
+        from herd.bundled import chat_model_dir
+
+        try:
+            model = chat_model_dir()
+        except FileNotFoundError as e:
+            raise _fail(str(e)) from None
     params = _sampling(max_new_tokens, temperature, top_p, seed)
     net, tokenizer = _load(model, dtype, device)
     session = ChatSession(Generator(net, tokenizer), params, system=system)

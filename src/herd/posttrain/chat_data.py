@@ -19,6 +19,7 @@ share them and they carry no preference.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,11 +34,12 @@ class ChatDataError(ValueError):
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(where, record)`` for every non-empty line of a JSON Lines file; ``where`` is ``file:line``."""
+    """``(where, record)`` for every non-empty line of a JSON Lines file (``.gz`` too); ``where`` is ``file:line``."""
     path = Path(path)
     if not path.is_file():
         raise ChatDataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
