@@ -4,8 +4,8 @@ SFT examples in each round.
 
     report = rejection_sample(model, reward_model, tokenizer, prompts, "sft.jsonl", k=8)
 
-Generation goes through ``herd.generation.Generator`` (batched: all K samples of a group of
-prompts in one call, seeded per sample). Each response is scored as the reward model
+Generation goes through ``herd.engine.Engine`` (continuous batching: the K samples of a
+prompt in one call, sample j seeded with seed + i * K + j). Each response is scored as the reward model
 sees a finished turn: the prompt, the assistant message, its end token. The output is
 SFT JSON Lines (``{"messages": prompt + [best reply], "score", "k", "scores"}``: all K scores) written under a
 temporary name and renamed; the report holds the score distribution of all samples and of
@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from herd.tokenizer.chat_format import ChatFormat, Message
+
+BLOCK = 16  # KV-cache block size of the sampling engine
 
 
 def read_prompts(path: str | Path) -> list[list[Message]]:
@@ -66,12 +68,18 @@ def rejection_sample(model: nn.Module, reward_model: nn.Module, tokenizer: Any, 
                      out_path: str | Path, *, k: int = 4, threshold: float | None = None, temperature: float = 1.0,
                      top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0) -> dict[str, Any]:
     """Best-of-``k`` replies per prompt to ``out_path`` (SFT JSON Lines); returns the report."""
-    from herd.generation import Generator, SamplingParams
+    from herd.engine import Engine
+    from herd.generation import SamplingParams
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     fmt = ChatFormat(tokenizer)
-    generator = Generator(model, tokenizer, cpu_gemv=False)
+    encoded = [fmt.encode_dialog_prompt(list(prompt)) for prompt in prompts]
+    longest = max((len(ids) for ids in encoded), default=1)
+    per_sequence = -(-(longest + max_new_tokens + 1) // BLOCK)
+    # room for the K samples of a prompt at once; the engine queues what does not fit.
+    # cpu_gemv=False: the caller's model keeps its own modules (it may go on training)
+    engine = Engine(model, tokenizer, num_blocks=k * per_sequence + k, block_size=BLOCK, cpu_gemv=False)
     all_scores: list[float] = []
     kept_scores: list[float] = []
     dropped = 0
@@ -80,11 +88,10 @@ def rejection_sample(model: nn.Module, reward_model: nn.Module, tokenizer: Any, 
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            for i, prompt in enumerate(prompts):
-                ids = fmt.encode_dialog_prompt(list(prompt))
+            for i, (prompt, ids) in enumerate(zip(prompts, encoded, strict=True)):
                 params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                         seed=seed + i * k)
-                outs = generator.generate([ids] * k, params)
+                outs = engine.generate([ids] * k, params)
                 replies = [fmt.decode_assistant_message(o.token_ids, o.stop_reason) for o in outs]
                 scores = score_replies(reward_model, fmt, prompt, replies)
                 all_scores.extend(scores)
