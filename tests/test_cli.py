@@ -72,8 +72,8 @@ def test_bad_input_gets_a_clear_error(model_dir, tmp_path):
     result = runner.invoke(app, ["generate", "--model", str(model_dir), "--prompt", long_prompt])
     assert result.exit_code == 2 and "context" in result.stderr
 
-    result = runner.invoke(app, ["chat"])
-    assert result.exit_code == 2 and "--model" in result.stderr
+    result = runner.invoke(app, ["chat", "--model", str(missing)])  # without --model: the bundled chat model
+    assert result.exit_code == 2 and str(missing) in result.stderr
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
