@@ -495,11 +495,16 @@ def pretrain(
         result = run_pretrain(cfg)
     except (ConfigError, TrainingFault, FileNotFoundError) as e:
         raise _fail(str(e)) from None
+    _report_run(result, "step")
+
+
+def _report_run(result, label: str) -> None:
+    """The end of a training run: where it stopped, its last loss, run directory and model."""
     if result.stopped_by_signal:
         console.print(f"stopped by a signal at step {result.step}; checkpoint {result.checkpoint}")
         raise typer.Exit(code=0)
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
-    console.print(f"step {result.step}: loss {loss}; run directory {result.run_dir}"
+    console.print(f"{label} {result.step}: loss {loss}; run directory {result.run_dir}"
                   + (f"; model {result.export_dir}" if result.export_dir else ""))
 
 

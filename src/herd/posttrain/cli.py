@@ -14,7 +14,7 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value o
 def _run(method: str, config: Path, overrides: list[str] | None) -> None:
     import logging
 
-    from herd.cli import _fail, console
+    from herd.cli import _fail, _report_run, console
     from herd.posttrain.chat_data import ChatDataError
     from herd.posttrain.config import load_posttrain_config
     from herd.train import ConfigError, TrainingFault
@@ -38,12 +38,7 @@ def _run(method: str, config: Path, overrides: list[str] | None) -> None:
         result = runner(cfg)
     except (ConfigError, ChatDataError, TrainingFault, FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
-    if result.stopped_by_signal:
-        console.print(f"stopped by a signal at step {result.step}; checkpoint {result.checkpoint}")
-        raise typer.Exit(code=0)
-    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
-    console.print(f"{method}: step {result.step}, loss {loss}; run directory {result.run_dir}"
-                  + (f"; model {result.export_dir}" if result.export_dir else ""))
+    _report_run(result, f"{method}: step")
     report = Path(result.run_dir) / "held_out.json"
     if report.exists():
         console.print(f"held-out: {report.read_text().strip()}")

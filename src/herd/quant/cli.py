@@ -9,7 +9,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from herd.cli import _fail, console
+    from herd.cli import _fail, _load, console
 
     @app.command()
     def quantize(
@@ -24,14 +24,12 @@ def register(app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option(help="dtype of what stays unquantized.")] = "bfloat16",
     ) -> None:
         """Quantize a checkpoint and save it in the layout vLLM / transformers read."""
-        import torch
 
-        from herd.checkpoint import CheckpointError, load_any
+        from herd.checkpoint import CheckpointError
         from herd.checkpoint.config import as_dtype
         from herd.quant import QuantScheme, model_bytes, save_quantized
         from herd.quant import quantize as run_quantize
         from herd.quant.calibration import batches, read_texts, token_rows
-        from herd.tokenizer import Tokenizer
 
         try:
             parsed = QuantScheme.parse(scheme)
@@ -39,12 +37,8 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(e)) from None
         if parsed.method == "gptq" and calibration is None:
             raise _fail(f"--scheme {scheme} needs --calibration TEXT_FILE")
-        if not model.exists():
-            raise _fail(f"model directory {model} does not exist")
+        net, tokenizer = _load(model, "float32", "cpu")
         try:
-            with console.status(f"Loading {model} …"):
-                net = load_any(model, dtype=torch.float32)
-                tokenizer = Tokenizer.from_dir(model)
             before = sum(p.numel() for p in net.parameters()) * 2  # bf16
             data = None
             if parsed.method == "gptq":
@@ -70,18 +64,12 @@ def register(app: typer.Typer) -> None:
         type_: Annotated[str, typer.Option("--type", help="f16 or q8_0.")] = "f16",
     ) -> None:
         """Write a llama.cpp / Ollama GGUF (llama architecture, tokenizer and chat template inside)."""
-        import torch
 
-        from herd.checkpoint import CheckpointError, load_any
+        from herd.checkpoint import CheckpointError
         from herd.checkpoint.gguf import chat_template_of, export_gguf
-        from herd.tokenizer import Tokenizer
 
-        if not model.exists():
-            raise _fail(f"model directory {model} does not exist")
+        net, tokenizer = _load(model, "float32", "cpu")
         try:
-            with console.status(f"Loading {model} …"):
-                net = load_any(model, dtype=torch.float32)
-                tokenizer = Tokenizer.from_dir(model)
             with console.status(f"Writing {out} …"):
                 export_gguf(net, out, tokenizer, file_type=type_, chat_template=chat_template_of(model))
         except (CheckpointError, FileNotFoundError, ValueError) as e:
