@@ -44,8 +44,6 @@ REVIEWED_SECURE_SIDE = {
     186: ("CWE-95", "real: new Function(args, 'return ' + body) compiles a string (linq-style lambda strings); "
                     "the peer's own rule flags the same construct in #183"),
     227: ("CWE-732", "real, low impact: chmod($file, 0777) on a probe file before unlink()"),
-    230: ("CWE-330", "FALSE POSITIVE: rand(0,4) picks one of several API keys; the line's '&key=' string makes it "
-                     "look like key generation to the secret-context check"),
     233: ("CWE-89", "real: $_POST['KONU'] concatenated into INSERT and UPDATE queries (and CWE-209 die($db->error))"),
     306: ("CWE-78", "labeller agrees; by design: Command::new($BROWSER) runs the user's configured browser"),
     307: ("CWE-676", "labeller agrees (advice): unsafe FFI call to librdkafka"),

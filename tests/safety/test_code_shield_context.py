@@ -52,6 +52,12 @@ def test_enclosing_header_finds_the_function_not_a_control_statement():
     # PHP rand (corpus #220: a usort comparator).
     ("php", "<?php\nfunction generateToken() {\n  return rand(1000, 9999);\n}",
      "<?php\nusort($items, function () {\n    return rand(-1, 1);\n});", "php-weak-random"),
+    # PHP rand as an index (corpus #230): picking one of several API keys makes no key; picking the
+    # characters of a password does.
+    ("php", "<?php\nfor ($i = 0; $i < 8; $i++) {\n  $password .= $chars[rand(0, 61)];\n}",
+     '<?php\n$url .= "&key=" . $api_keys[rand(0,4)];', "php-weak-random"),
+    ("python", "import random\ndef make_password(chars):\n    return chars[random.randrange(62)]\n",
+     "import random\ndef pick(tokens):\n    return tokens[random.randrange(3)]\n", "py-weak-random"),
     # Python random (corpus #278), AST path and the fallback for fragments that do not parse.
     ("python", "import random\ndef make_password(cs):\n    return ''.join(random.choice(cs) for _ in range(8))\n",
      "import random\ndef collage(images):\n    random.shuffle(images)\n", "py-weak-random"),

@@ -95,14 +95,37 @@ def comments_above(code: str, pos: int) -> str:
     return comment_text(lines[max(0, line - COMMENT_LOOKBACK):line])
 
 
+# ``keys[`` / ``$api_tokens[`` / ``self.secrets [`` right before the match: the match is the index.
+_SUBSCRIPT_OF = re.compile(r"([$\w.]+)\s*\[\s*$")
+
+
+def picks_existing_secret(code: str, m: re.Match) -> bool:
+    """The random value is the index into a collection of secrets that already exist.
+
+    ``$api_keys[rand(0, 4)]`` or ``tokens[random.randrange(3)]`` choose one of several keys: the
+    randomness spreads load, it makes no secret, so there is nothing to predict. The collection's
+    name must be a plural of a secret word; ``chars[rand() % 62]`` (a password built one character
+    at a time) indexes no secrets and stays a finding.
+    """
+    line_start, _ = _line_bounds(code, m.start())
+    before = _SUBSCRIPT_OF.search(code[line_start:m.start()])
+    if before is None:
+        return False
+    plural = {w[:-1] for w in words(before.group(1)) if w.endswith("s")}
+    return not SECRET_WORDS.isdisjoint(plural)
+
+
 def in_secret_context(code: str, m: re.Match) -> bool:
     """Weak randomness matters where it makes a secret: its line, its function or a comment above names one.
 
     CWE-338/330/335 are about predictable values *in a security context*; ``rand() % width`` for a
     map tile, ``Math.random()`` as a cache-buster or ``random.shuffle(images)`` are not, while
     ``token = rand()``, ``generate_session_id() { ... rand() ... }`` or ``rand()`` under a
-    ``/* generate shared-secret */`` comment are.
+    ``/* generate shared-secret */`` comment are. A random index that picks one of several existing
+    secrets (:func:`picks_existing_secret`) makes none.
     """
+    if picks_existing_secret(code, m):
+        return False
     start, end = _line_bounds(code, m.start())
     return (mentions_secret(code[start:end]) or mentions_secret(enclosing_header(code, m.start()))
             or mentions_secret(comments_above(code, m.start())))
