@@ -60,3 +60,23 @@ def test_export_gguf(model_dir, tmp_path) -> None:
     assert reader.fields["general.architecture"].contents() == "llama"
     template = json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"]
     assert reader.fields["tokenizer.chat_template"].contents() == template  # the checkpoint's own template
+
+
+def test_quantize_fp8_in_metas_layout(tmp_path, llama3_tokenizer_path) -> None:
+    tok = small_tokenizer(llama3_tokenizer_path)
+    model = small_model(n_layers=3, vocab_size=tok.n_words, rope_scaling=None)
+    save_pretrained(model, tmp_path / "m", tokenizer=tok, dtype=torch.bfloat16)
+    out = tmp_path / "fp8"
+    result = runner.invoke(app, ["quantize", "--model", str(tmp_path / "m"), "--scheme", "fp8", "--out", str(out),
+                                 "--layout", "meta", "--model-parallel", "2"])
+    assert result.exit_code == 0, result.output
+    assert {"consolidated.01.pth", "fp8_scales_1.pt", "params.json", "tokenizer.model"} <= {
+        p.name for p in out.iterdir()}
+    from herd.quant import Fp8RowwiseLinear
+
+    down = load_any(out).model.layers[1].mlp.down_proj
+    assert isinstance(down, Fp8RowwiseLinear) and down.shards == 2
+    bad = runner.invoke(app, ["quantize", "--model", str(tmp_path / "m"), "--scheme", "int8", "--out",
+                              str(tmp_path / "x"), "--layout", "meta"])
+    assert bad.exit_code != 0 and "--layout meta holds FP8 row-wise only" in bad.output
+    assert not (tmp_path / "x").exists()

@@ -50,6 +50,10 @@ def load_any(
         if quantization_method(path) is not None:
             return load_quantized(path, dtype=dtype, device=device)
         return load_pretrained(path, dtype=dtype, device=device)
+    from herd.quant.meta_fp8 import is_meta_fp8, load_meta_fp8
+
+    if is_meta_fp8(path):
+        return load_meta_fp8(path, dtype=dtype, device=device, rope_scaling_factor=rope_scaling_factor)
     return load_meta(path, rope_scaling_factor=rope_scaling_factor, dtype=dtype, device=device)
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger("herd.checkpoint")
 
 PARAMS_NAME = "params.json"
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
+FP8_SCALES_GLOB = "fp8_scales_*.pt"  # Meta's FP8 layout (herd.quant.meta_fp8) keeps these beside the shards
 _VOCAB_SPLIT = "vocab"  # tok_embeddings: rows in Llama 3's reference (VocabParallelEmbedding),
 #                         columns in Llama 2's (ParallelEmbedding); told apart by shape.
 
@@ -331,6 +332,22 @@ def _to_hf(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {meta_to_hf_name(n) or n: t for n, t in state.items()}
 
 
+def hf_state_from_meta(
+    merged: Mapping[str, Tensor], args: ModelArgs, *, source: str,
+    other_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> tuple[ModelArgs, dict[str, Tensor]]:
+    """(args with the tying the weights show, herd-named state with q/k rows in HF's rotary
+    order) from merged Meta tensors, checked against ``args``. ``other_shapes`` (herd names)
+    stand for tensors loaded elsewhere (quantized ones) in the check."""
+    args = args.replace(tie_word_embeddings=_is_tied(merged))
+    state = _to_hf(merged)
+    shapes = {n: tuple(t.shape) for n, t in state.items()} | dict(other_shapes or {})
+    check_weights(args, shapes, source=source, fields=META_FIELDS, display=_display)
+    for name, heads in _rotary_heads(args).items():
+        state[name] = interleaved_to_half(state[name], heads)
+    return args, state
+
+
 def read_meta_params(
     src: str | os.PathLike,
     *,
@@ -352,17 +369,15 @@ def load_meta_with_params(
 ) -> tuple[Transformer, MetaParams]:
     """(model, MetaParams) from a Meta checkpoint; see ``load_meta``."""
     root = meta_root(src)
+    if any(root.glob(FP8_SCALES_GLOB)):
+        raise CheckpointError(f"{root} is Meta's FP8 layout (fp8_scales_*.pt beside the shards): load it with "
+                              "herd.checkpoint.load_any or herd.quant.meta_fp8.load_meta_fp8")
     files = shard_files(root)
     shards = [load_shard(p) for p in files]
     info = read_meta_params(root, rope_scaling_factor=rope_scaling_factor)
     merged = merge_shards(shards, files, info.args)
-    info = dataclasses.replace(info, args=info.args.replace(tie_word_embeddings=_is_tied(merged)))
-    args = info.args
-    state = _to_hf(merged)
-    check_weights(args, {n: tuple(t.shape) for n, t in state.items()}, source=str(root / PARAMS_NAME),
-                  fields=META_FIELDS, display=_display)
-    for name, heads in _rotary_heads(args).items():
-        state[name] = interleaved_to_half(state[name], heads)
+    args, state = hf_state_from_meta(merged, info.args, source=str(root / PARAMS_NAME))
+    info = dataclasses.replace(info, args=args)
     target = as_dtype(dtype) or state[EMBED].dtype
     model = build_model(args, state, dtype=target, device=device, display=_display)
     log.info("loaded Meta checkpoint %s (%d shard(s), %s): %s", root, len(files), target,
@@ -427,7 +442,31 @@ def params_from_args(args: ModelArgs) -> dict:
     }
 
 
-def _shard_state(state: Mapping[str, Tensor], n: int) -> list[dict[str, Tensor]]:
+def check_model_parallel(args: ModelArgs, n: int) -> None:
+    if n < 1 or args.n_kv_heads % n or args.n_heads % n:
+        raise CheckpointError(f"model_parallel={n} must divide n_heads and n_kv_heads")
+
+
+def meta_state(model: Transformer, dtype: torch.dtype | str | None = None,
+               skip: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """``model``'s tensors by Meta name on the CPU in ``dtype`` (default: the embedding's), q/k
+    rows in Meta's interleaved rotary order, no ``output.weight`` when tied; herd names
+    starting with a prefix in ``skip`` are left out (for a writer that stores them its way)."""
+    args = model.args
+    dtype = as_dtype(dtype) or model.model.embed_tokens.weight.dtype
+    heads = _rotary_heads(args)
+    state = {}
+    for name, t in model.state_dict().items():
+        if (name == LM_HEAD and args.tie_word_embeddings) or (skip and name.startswith(skip)):
+            continue
+        t = t.detach().to(device="cpu", dtype=dtype)
+        if name in heads:
+            t = half_to_interleaved(t, heads[name])
+        state[hf_to_meta_name(name)] = t
+    return state
+
+
+def shard_state(state: Mapping[str, Tensor], n: int) -> list[dict[str, Tensor]]:
     """Split a state dict (Meta names) ``n`` ways as Meta's model-parallel reference does."""
     if n == 1:
         return [dict(state)]
@@ -461,21 +500,9 @@ def save_meta(
     shape's preset implies; a reader needs ``rope_scaling_factor`` for anything else.
     """
     model = unwrap(model)
-    args = model.args
-    params = params_from_args(args)
-    if args.n_kv_heads % model_parallel or args.n_heads % model_parallel:
-        raise CheckpointError(f"model_parallel={model_parallel} must divide n_heads and n_kv_heads")
-    dtype = as_dtype(dtype) or model.model.embed_tokens.weight.dtype
-    heads = _rotary_heads(args)
-    state = {}
-    for name, t in model.state_dict().items():
-        if name == LM_HEAD and args.tie_word_embeddings:
-            continue
-        t = t.detach().to(device="cpu", dtype=dtype)
-        if name in heads:
-            t = half_to_interleaved(t, heads[name])
-        state[hf_to_meta_name(name)] = t
-    shards = _shard_state(state, model_parallel)
+    params = params_from_args(model.args)
+    check_model_parallel(model.args, model_parallel)
+    shards = shard_state(meta_state(model, dtype), model_parallel)
     with atomic_directory(dst, stale=("consolidated.*.pth",)) as tmp:
         for rank, sd in enumerate(shards):
             torch.save(sd, tmp / f"consolidated.{rank:02d}.pth")

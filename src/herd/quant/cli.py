@@ -22,8 +22,12 @@ def register(app: typer.Typer) -> None:
         calibration_rows: Annotated[int, typer.Option(help="GPTQ: calibration sequences.")] = 128,
         calibration_len: Annotated[int, typer.Option(help="GPTQ: tokens per calibration sequence.")] = 512,
         dtype: Annotated[str, typer.Option(help="dtype of what stays unquantized.")] = "bfloat16",
+        layout: Annotated[str, typer.Option(
+            help="hf (compressed-tensors / fbgemm_fp8) or meta (fp8 only: Meta's consolidated.NN.pth + "
+                 "fp8_scales_N.pt, as llama-models reads).")] = "hf",
+        model_parallel: Annotated[int, typer.Option(help="--layout meta: model-parallel shards to write.")] = 1,
     ) -> None:
-        """Quantize a checkpoint and save it in the layout vLLM / transformers read."""
+        """Quantize a checkpoint and save it in the layout vLLM / transformers (or llama-models) read."""
 
         from herd.checkpoint import CheckpointError
         from herd.checkpoint.config import as_dtype
@@ -37,6 +41,10 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(e)) from None
         if parsed.method == "gptq" and calibration is None:
             raise _fail(f"--scheme {scheme} needs --calibration TEXT_FILE")
+        if layout not in ("hf", "meta"):
+            raise _fail(f"--layout {layout!r}: expected hf or meta")
+        if layout == "meta" and parsed.kind != "fp8":
+            raise _fail(f"--layout meta holds FP8 row-wise only (Meta's layout); --scheme {scheme} saves as hf")
         net, tokenizer = _load(model, "float32", "cpu")
         try:
             before = sum(p.numel() for p in net.parameters()) * 2  # bf16
@@ -47,7 +55,12 @@ def register(app: typer.Typer) -> None:
             with console.status(f"Quantizing to {parsed.name} …"):
                 run_quantize(net, parsed, calibration=data)
             net.to(as_dtype(dtype))
-            save_quantized(net, out, tokenizer=model, dtype=dtype)
+            if layout == "meta":
+                from herd.quant.meta_fp8 import save_meta_fp8
+
+                save_meta_fp8(net, out, model_parallel=model_parallel, dtype=dtype, tokenizer=tokenizer)
+            else:
+                save_quantized(net, out, tokenizer=model, dtype=dtype)
         except (CheckpointError, FileNotFoundError, ValueError) as e:
             raise _fail(str(e)) from None
         after = model_bytes(net)

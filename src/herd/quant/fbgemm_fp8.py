@@ -23,6 +23,10 @@ def quantization_config(activation_scale_ub: float, not_converted: list[str]) ->
 
 
 def module_tensors(name: str, module: Fp8RowwiseLinear) -> dict[str, Tensor]:
+    if module.shards > 1:
+        raise CheckpointError(f"{name} keeps {module.shards} model-parallel scale columns (read from Meta's "
+                              f"layout); the fbgemm_fp8 layout holds one scale per row: save it with "
+                              f"herd.quant.meta_fp8.save_meta_fp8(..., model_parallel={module.shards})")
     return {f"{name}.weight": module.weight.cpu().contiguous(),
             f"{name}.weight_scale": module.weight_scale.cpu().float().reshape(-1, 1).contiguous()}
 

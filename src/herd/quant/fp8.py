@@ -11,6 +11,12 @@ The matmul is ``torch._scaled_mm`` with row-wise scales where the device has it 
 GPUs; this CPU build too) and otherwise an emulation that dequantizes both operands to
 fp32 and multiplies in the order ATen's CPU ``_scaled_mm`` uses, so the emulation gives
 ``_scaled_mm``'s result (tests check bit-equality on CPU).
+
+A layer split over model-parallel ranks by its input columns (``w2`` in Meta's checkpoints
+of 405B, written for 8 GPUs) is quantized per rank: each rank's slice has its own row scales
+and quantizes its own slice of the activations. ``Fp8RowwiseLinear(shards=n)`` keeps that
+form — ``weight_scale`` [out, n], one column per slice — and computes what the n ranks do:
+each slice's product in the output dtype, summed (the all-reduce).
 """
 
 from __future__ import annotations
@@ -79,16 +85,19 @@ def fp8_rowwise_matmul(a: Tensor, b: Tensor, scale_a: Tensor, scale_b: Tensor, o
 class Fp8RowwiseLinear(QuantizedLinear):
     """A bias-free ``nn.Linear`` with e4m3 weights, per-row weight scales and dynamic
     per-token activation scales (HF's ``FbgemmFp8Linear`` buffers: ``weight`` e4m3
-    [out, in], ``weight_scale`` fp32 [out, 1])."""
+    [out, in], ``weight_scale`` fp32 [out, 1]). With ``shards`` > 1 the input columns
+    come in that many equal slices, each with its own scales (see the module docstring)."""
 
     def __init__(self, in_features: int, out_features: int, activation_scale_ub: float = ACTIVATION_SCALE_UB,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, shards: int = 1) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        if shards < 1 or in_features % shards:
+            raise ValueError(f"Fp8RowwiseLinear: {in_features} input features do not split into {shards} shards")
+        self.in_features, self.out_features, self.shards = in_features, out_features, shards
         self.activation_scale_ub = activation_scale_ub
         self.emulate: bool | None = None  # None: _scaled_mm where the device has it
         self.register_buffer("weight", torch.zeros(out_features, in_features, device=device).to(FP8))
-        self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=torch.float32, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, shards, dtype=torch.float32, device=device))
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, activation_scale_ub: float = ACTIVATION_SCALE_UB
@@ -98,24 +107,40 @@ class Fp8RowwiseLinear(QuantizedLinear):
         return cls.from_quantized(*quantize_fp8_rows(linear.weight), activation_scale_ub)
 
     @classmethod
-    def from_quantized(cls, q: Tensor, scale: Tensor, activation_scale_ub: float = ACTIVATION_SCALE_UB
-                       ) -> Fp8RowwiseLinear:
+    def from_quantized(cls, q: Tensor, scale: Tensor, activation_scale_ub: float = ACTIVATION_SCALE_UB,
+                       shards: int = 1) -> Fp8RowwiseLinear:
+        """From e4m3 ``q`` [out, in] and fp32 ``scale`` [out, shards] (or [out] for one shard)."""
         if q.dtype != FP8 or q.dim() != 2:
             raise ValueError(f"fp8 weight must be a 2-D float8_e4m3fn tensor, got {q.dtype} {tuple(q.shape)}")
-        mod = cls(q.shape[1], q.shape[0], activation_scale_ub, device=q.device)
+        if scale.numel() != q.shape[0] * shards:
+            raise ValueError(f"fp8 weight [{q.shape[0]}, {q.shape[1]}] in {shards} shard(s) needs "
+                             f"{q.shape[0] * shards} scales, got {tuple(scale.shape)}")
+        mod = cls(q.shape[1], q.shape[0], activation_scale_ub, device=q.device, shards=shards)
         mod.weight = q.contiguous()
-        mod.weight_scale = scale.reshape(q.shape[0], 1).to(torch.float32).contiguous()
+        mod.weight_scale = scale.reshape(q.shape[0], shards).to(torch.float32).contiguous()
         return mod
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        return (self.weight.float() * self.weight_scale).to(dtype)
+        w = self.weight.float().unflatten(1, (self.shards, -1)) * self.weight_scale[:, :, None]
+        return w.flatten(1).to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        xq, x_scale = quantize_fp8_rows(x.reshape(-1, self.in_features), self.activation_scale_ub)
-        y = fp8_rowwise_matmul(xq, self.weight, x_scale, self.weight_scale, x.dtype, emulate=self.emulate)
+        x2 = x.reshape(-1, self.in_features)
+        if self.shards == 1:
+            xq, x_scale = quantize_fp8_rows(x2, self.activation_scale_ub)
+            y = fp8_rowwise_matmul(xq, self.weight, x_scale, self.weight_scale, x.dtype, emulate=self.emulate)
+        else:  # one product per slice, as each rank computes it, then their sum
+            y = None
+            for xs, ws, ss in zip(x2.chunk(self.shards, dim=1), self.weight.chunk(self.shards, dim=1),
+                                  self.weight_scale.split(1, dim=1), strict=True):
+                xq, x_scale = quantize_fp8_rows(xs, self.activation_scale_ub)
+                part = fp8_rowwise_matmul(xq, ws.contiguous(), x_scale, ss.contiguous(), x.dtype,
+                                          emulate=self.emulate)
+                y = part if y is None else y + part
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 row-wise, "
+        shards = f", {self.shards} input shards" if self.shards > 1 else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 row-wise{shards}, "
                 f"activation_scale_ub={self.activation_scale_ub}")
