@@ -15,6 +15,14 @@ def register(app: typer.Typer) -> None:
     app.add_typer(engine_app, name="engine")
 
 
+def _kv_dtype(kv_cache: str) -> str | None:
+    from herd.cli import _fail
+
+    if kv_cache not in ("auto", "int8"):
+        raise _fail(f"--kv-cache {kv_cache!r}: expected auto or int8")
+    return None if kv_cache == "auto" else kv_cache
+
+
 @engine_app.command("memory")
 def memory(
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory (HF or Meta layout); "
@@ -23,9 +31,12 @@ def memory(
     dtype: Annotated[str, typer.Option(help="Weights and KV dtype: bfloat16, float16, float32.")] = "bfloat16",
     budget: Annotated[str | None, typer.Option(help="Memory for weights + KV cache, e.g. 24GiB.")] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per KV block.")] = 16,
+    kv_cache: Annotated[str, typer.Option(help="KV cache: 'auto' (the dtype above) or 'int8'.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Weights + KV bytes per token of a model, and how many tokens of KV a budget holds."""
+    import torch
+
     from herd.checkpoint.config import as_dtype
     from herd.cli import _fail
     from herd.engine.memory import estimate_serving_memory, parse_bytes
@@ -33,6 +44,7 @@ def memory(
 
     if (model is None) == (preset is None):
         raise _fail("give exactly one of --model DIR or --preset NAME")
+    kv_dtype = _kv_dtype(kv_cache)
     try:
         torch_dtype = as_dtype(dtype)
         budget_bytes = None if budget is None else parse_bytes(budget)
@@ -61,7 +73,7 @@ def memory(
         weight_bytes = info["num_params"] * torch_dtype.itemsize
     try:
         est = estimate_serving_memory(args, torch_dtype, budget=budget_bytes, block_size=block_size,
-                                      weight_bytes=weight_bytes)
+                                      weight_bytes=weight_bytes, kv_dtype=torch.int8 if kv_dtype else None)
         est.summary()
     except ValueError as e:
         raise _fail(str(e)) from None
@@ -89,6 +101,8 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Seed (prompt i samples with seed + i).")] = None,
     dtype: Annotated[str | None, typer.Option(help="Weights dtype (default: the checkpoint's).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, …")] = "cpu",
+    kv_cache: Annotated[str, typer.Option(help="KV cache: 'auto' (the weights' dtype) or 'int8' "
+                                          "(about half the bytes: more requests fit --memory).")] = "auto",
 ) -> None:
     """Complete every prompt of a file at once (continuous batching); one JSON line per
     completion on stdout, in the order they finish."""
@@ -117,7 +131,7 @@ def generate(
         raise _fail(f"--memory: {e}") from None
     lm, tokenizer = _load(model, dtype, device)
     try:
-        engine = Engine(lm, tokenizer, memory=budget)
+        engine = Engine(lm, tokenizer, memory=budget, kv_dtype=_kv_dtype(kv_cache))
     except ValueError as e:
         raise _fail(str(e)) from None
     console.print(f"[dim]{engine.memory.summary()}[/]")

@@ -82,18 +82,22 @@ class Engine:
     Size the cache with ``num_blocks`` or with ``memory`` (bytes for weights + KV; the
     weights' bytes are measured on the loaded model). ``max_batched_tokens`` caps the
     tokens of one forward pass (the prefill chunk size), ``max_seqs`` the requests in it.
+    ``kv_dtype="int8"`` keeps the KV cache in int8 (about half the bytes of bf16; see
+    ``herd.engine.paged_cache``).
     """
 
     def __init__(self, model: Transformer, tokenizer: Any = None, *, num_blocks: int | None = None,
                  memory: int | None = None, block_size: int = 16, max_batched_tokens: int = 256,
-                 max_seqs: int = 64, prefix_caching: bool = True, cpu_gemv: bool = True) -> None:
+                 max_seqs: int = 64, prefix_caching: bool = True, cpu_gemv: bool = True,
+                 kv_dtype: str | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.args = model.args
         weight = model.lm_head.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.memory: ServingMemory = estimate_serving_memory(
-            self.args, self.dtype, budget=memory, block_size=block_size, weight_bytes=model_weight_bytes(model))
+            self.args, self.dtype, budget=memory, block_size=block_size, weight_bytes=model_weight_bytes(model),
+            kv_dtype=torch.int8 if kv_dtype == "int8" else None)
         if num_blocks is None:
             if memory is None:
                 raise ValueError("Engine needs num_blocks or a memory budget (bytes for weights + KV cache)")
@@ -101,7 +105,8 @@ class Engine:
             if num_blocks < 1:
                 raise ValueError(f"memory budget of {memory} bytes leaves no room for the KV cache: the weights "
                                  f"alone take {self.memory.weights} bytes\n{self.memory.summary()}")
-        self.cache = PagedKVCache(self.args, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.cache = PagedKVCache(self.args, num_blocks, block_size, dtype=self.dtype, device=self.device,
+                                  kv_dtype=kv_dtype)
         self.blocks = BlockManager(num_blocks, block_size, prefix_caching=prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_batched_tokens=max_batched_tokens, max_seqs=max_seqs)
         self.stats = EngineStats()

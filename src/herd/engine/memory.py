@@ -4,7 +4,8 @@ The engine sizes its paged cache from a memory budget with these numbers, and a 
 ask for them before loading anything (``estimate_serving_memory`` or ``herd engine
 memory``). Per token, every layer keeps one key and one value vector per KV head:
 ``2 * n_layers * n_kv_heads * head_dim * bytes(dtype)`` — 128 KiB for Llama 3 8B in
-bf16, 32 KiB for Llama 3.2 1B. Weights are the parameter count times the bytes of their
+bf16, 32 KiB for Llama 3.2 1B; an int8 cache (``kv_dtype=torch.int8``) stores a byte per
+number plus an fp32 scale per vector, 66 KiB for 8B. Weights are the parameter count times the bytes of their
 dtype (a tied embedding counted once).
 """
 
@@ -25,7 +26,9 @@ def dtype_bytes(dtype: torch.dtype) -> int:
 
 
 def kv_bytes_per_token(args: ModelArgs, dtype: torch.dtype) -> int:
-    return 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes(dtype)
+    """Keys and values of one token; an int8 cache adds an fp32 scale per vector (``PagedKVCache``)."""
+    per_vector = args.head_dim + 4 if dtype == torch.int8 else args.head_dim * dtype_bytes(dtype)
+    return 2 * args.n_layers * args.n_kv_heads * per_vector
 
 
 @dataclass(frozen=True)
