@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heldout", type=Path, default=KJV / "kjv-heldout.jsonl.gz",
                    help="held-out text (.txt/.jsonl[.gz])")
     p.add_argument("--calibration", type=Path, default=KJV / "kjv.jsonl.gz", help="GPTQ calibration text")
-    p.add_argument("--group-size", type=int, default=32, help="int4 group size (32, 64, 128)")
+    p.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64, 128; 128 is int4-gptq's)")
     p.add_argument("--eval-rows", type=int, default=24, help="held-out windows")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per window")
     p.add_argument("--calibration-rows", type=int, default=64)
