@@ -49,6 +49,24 @@ def test_packed_mixed_chunks_match_each_sequence_alone(model, per_request):
         torch.testing.assert_close(logits, want, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kv_dtype", [None, "int8"])
+def test_a_lone_request_in_consecutive_blocks_reads_the_pool_in_place(model, kv_dtype):
+    """The batch-1 fast path (context = a slice of the pool) gives what scattered blocks give."""
+    (seq,) = prompts([13], seed=4)
+    seq = seq + [3, 9, 1]
+    steps = [[(0, 7)], [(0, 6)], [(0, 1)], [(0, 1)], [(0, 1)]]  # chunked prefill, then decodes
+    got = {}
+    for table in ([2, 3, 4, 5], [9, 0, 6, 3]):
+        cache = PagedKVCache(model.args, num_blocks=10, block_size=4, dtype=torch.float32, device="cpu",
+                             kv_dtype=kv_dtype)
+        got[table[0]] = _packed_logits(model, cache, [(seq, table)], steps)[0]
+        assert (cache._span is not None) == (table[0] == 2)
+    torch.testing.assert_close(got[2], got[9], atol=1e-6, rtol=1e-6)
+    if kv_dtype is None:
+        with torch.no_grad():
+            torch.testing.assert_close(got[2], model(torch.tensor([seq]))[0], atol=2e-5, rtol=1e-4)
+
+
 def test_a_block_table_too_short_is_refused(model):
     cache = PagedKVCache(model.args, num_blocks=4, block_size=4, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="block table holds 1 blocks"):

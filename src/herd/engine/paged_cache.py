@@ -20,7 +20,9 @@ step by how much work a single kernel would waste:
   goes in with its query heads as GQA "query positions", as ``KVCache`` does.
 
 Either way no request ever sees another's keys. The model file does not change
-(``transformer.py`` only calls ``backend.attend``).
+(``transformer.py`` only calls ``backend.attend``). When a step holds one request whose
+blocks are consecutive in the pool (a lone request in a fresh engine, the batch-1 case),
+its context is a slice of the pool: attention reads it in place, with no gather.
 
 ``kv_dtype="int8"`` stores keys and values as int8 with one fp32 scale per token and KV head
 (symmetric, ``max|x| / 127``): 0.52x the bytes of a bf16 cache at head_dim 128, so about
@@ -84,6 +86,7 @@ class PagedKVCache:
         self._read: Tensor | None = None
         self._mask: Tensor | None = None
         self._per_request: list[tuple[int, int, int, int, Tensor | None]] | None = None
+        self._span: tuple[int, int] | None = None  # a lone request's context slots, when consecutive
 
     def slots(self, block_table: Sequence[int], start: int, stop: int) -> list[int]:
         """The cache slots of token positions start..stop-1 of a request."""
@@ -116,8 +119,10 @@ class PagedKVCache:
         self._write = torch.tensor(write, device=dev)
         self._read = torch.tensor(read, device=dev)
         useful = sum(s.n * (s.start + s.n) for s in seqs)
+        self._span = self._consecutive(seqs[0]) if len(seqs) == 1 else None
         if per_request is None:
-            per_request = len(seqs) > 1 and len(positions) * len(read) > max(4 * useful, 1 << 18)
+            per_request = self._span is not None or (
+                len(seqs) > 1 and len(positions) * len(read) > max(4 * useful, 1 << 18))
         if per_request:
             self._mask = None
             self._per_request = []
@@ -136,6 +141,14 @@ class PagedKVCache:
             kp = torch.tensor(key_pos, device=dev)
             self._mask = ((qs[:, None] == ks[None, :]) & (kp[None, :] <= pos[:, None]))[None, None]  # (1,1,T,K)
         return pos[None]
+
+    def _consecutive(self, s: PackedSeq) -> tuple[int, int] | None:
+        """The slots of ``s``'s whole context as (first, end) when its blocks follow each other."""
+        table = s.block_table[:self.blocks_needed(s.start + s.n)]
+        first = table[0]
+        if any(b != first + i for i, b in enumerate(table)):
+            return None
+        return first * self.block_size, first * self.block_size + s.start + s.n
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -165,12 +178,19 @@ class PagedKVCache:
         rows = x[0].transpose(0, 1)  # (T, n_kv, hd)
         if self.kv_dtype is None:
             pools[layer].index_copy_(0, self._write, rows)
-            return pools[layer].index_select(0, self._read).transpose(0, 1)[None]
-        codes, scale = quantize_int8_rows(rows)
-        pools[layer].index_copy_(0, self._write, codes)
-        scales[layer].index_copy_(0, self._write, scale)
-        read = pools[layer].index_select(0, self._read).to(x.dtype) * scales[layer].index_select(0, self._read)
-        return read.to(x.dtype).transpose(0, 1)[None]
+            read = self._gather(pools[layer])
+        else:
+            codes, scale = quantize_int8_rows(rows)
+            pools[layer].index_copy_(0, self._write, codes)
+            scales[layer].index_copy_(0, self._write, scale)
+            read = (self._gather(pools[layer]).to(x.dtype) * self._gather(scales[layer])).to(x.dtype)
+        return read.transpose(0, 1)[None]
+
+    def _gather(self, pool: Tensor) -> Tensor:
+        """The contexts' slots of ``pool``: a view when they are one consecutive span, else a copy."""
+        if self._span is not None:
+            return pool[self._span[0]:self._span[1]]
+        return pool.index_select(0, self._read)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v + self.k_scale + self.v_scale)
