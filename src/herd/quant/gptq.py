@@ -24,14 +24,19 @@ log = logging.getLogger("herd.quant")
 
 class HessianAccumulator:
     """Running ``2/n * sum x x^T`` over the rows fed to one linear layer (fp32 products,
-    as the reference implementation; the damping and Cholesky steps run in fp64)."""
+    as the reference implementation; the damping and Cholesky steps run in fp64), on the
+    device of the first rows it sees (the model's: a GPU quantizes on the GPU)."""
 
     def __init__(self, in_features: int) -> None:
-        self.h = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.in_features = in_features
+        self.h: Tensor | None = None
         self.n = 0
 
     def add(self, x: Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(device="cpu", dtype=torch.float32)
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        if self.h is None:
+            self.h = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=x.device)
+        x = x.to(self.h.device)
         m = x.shape[0]
         self.h *= self.n / (self.n + m)
         self.n += m
@@ -46,24 +51,26 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, group_size: int = 128, *, dam
 
     Columns go in their natural order (no act-order), so groups are contiguous and the
     result is an ordinary group-wise int4 weight. A group's scale and zero point are
-    chosen when its first column is reached, from the columns as updated so far.
+    chosen when its first column is reached, from the columns as updated so far. Runs on
+    the weight's device; the results come back there.
     """
     out_f, in_f = weight.shape
     check_group_size(in_f, group_size)
     block_size = max(group_size, block_size - block_size % group_size)
-    w = weight.detach().to(torch.float32).cpu().clone()
-    h = hessian.to(torch.float64).cpu().clone()
+    dev = weight.device
+    w = weight.detach().to(torch.float32).clone()
+    h = hessian.to(device=dev, dtype=torch.float64).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead.cpu()] = 0.0
-    h += torch.diag(torch.full((in_f,), damp * torch.diag(h).mean().item(), dtype=torch.float64))
-    eye = torch.eye(in_f, dtype=torch.float64)
+    w[:, dead] = 0.0
+    h += torch.diag(torch.full((in_f,), damp * torch.diag(h).mean().item(), dtype=torch.float64, device=dev))
+    eye = torch.eye(in_f, dtype=torch.float64, device=dev)
     hinv = torch.linalg.cholesky(torch.cholesky_solve(eye, torch.linalg.cholesky(h)), upper=True).float()
 
-    q_all = torch.zeros(out_f, in_f)
+    q_all = torch.zeros(out_f, in_f, device=dev)
     groups = in_f // group_size
-    scales = torch.zeros(out_f, groups)
-    zeros = torch.zeros(out_f, groups)
+    scales = torch.zeros(out_f, groups, device=dev)
+    zeros = torch.zeros(out_f, groups, device=dev)
     for b0 in range(0, in_f, block_size):
         b1 = min(b0 + block_size, in_f)
         w1 = w[:, b0:b1].clone()
@@ -136,10 +143,11 @@ def gptq_model(model: nn.Module, calibration: Iterable[Tensor], group_size: int 
         raise _Captured
 
     handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    device = model.model.embed_tokens.weight.device
     try:
         for tokens in calibration:
             try:
-                model(tokens)
+                model(tokens.to(device))
             except _Captured:
                 pass
     finally:
@@ -152,11 +160,12 @@ def gptq_model(model: nn.Module, calibration: Iterable[Tensor], group_size: int 
                    if isinstance(m, nn.Linear) and f"model.layers.{index}.{name}" not in skip}
         stats = _layer_hessians(layer, linears, captured)
         for name, lin in linears.items():
+            if stats[name].h is None:
+                raise ValueError(f"GPTQ: model.layers.{index}.{name} saw no calibration input")
             q, scale, zp = gptq_quantize(lin.weight, stats[name].h, group_size, damp=damp)
             parent_name, _, child = name.rpartition(".")
             parent = layer.get_submodule(parent_name) if parent_name else layer
-            new = Int4Linear.from_quantized(q.to(lin.weight.device), scale.to(lin.weight.device),
-                                            zp.to(lin.weight.device), group_size)
+            new = Int4Linear.from_quantized(q, scale, zp, group_size)
             setattr(parent, child, new)
         captured = [((layer(*args, **kwargs), *args[1:]), kwargs) for args, kwargs in captured]
         log.info("GPTQ: block %d of %d quantized", index + 1, len(layers))
