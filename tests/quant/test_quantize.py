@@ -88,6 +88,26 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs() -> None:
         assert gptq_err < 0.7 * rtn_err
 
 
+def test_act_order_gptq_uses_static_groups_and_helps_when_input_energies_differ() -> None:
+    torch.manual_seed(1)
+    mix = torch.randn(256, 256) / 16
+    x = (torch.randn(2048, 256) @ mix + 0.1 * torch.randn(2048, 256)) * torch.logspace(-1, 1, 256)[torch.randperm(256)]
+    w = torch.randn(64, 256) * 0.05
+    acc = HessianAccumulator(256)
+    acc.add(x)
+
+    def err(q, s, z, group):
+        return (x @ (dequantize_int4(q, s, z, group) - w).t()).pow(2).mean()
+
+    for group in (32, 128):
+        q, s, z = gptq_quantize(w, acc.h, group, act_order=True)
+        _, rtn_s, rtn_z = quantize_int4_groupwise(w, group)
+        assert torch.equal(s, rtn_s) and torch.equal(z, rtn_z)  # static groups: the original weights' params
+        plain = gptq_quantize(w, acc.h, group)
+        assert err(q, s, z, group) < 0.9 * err(*plain, group)
+    assert QuantScheme.parse("int4-gptq-act").name == "int4-gptq-act-g128"
+
+
 def test_gptq_model_quantizes_every_block_and_needs_data() -> None:
     with pytest.raises(ValueError, match="calibration"):
         quantize(small_model(n_layers=2, vocab_size=256), "int4-gptq-g32")

@@ -45,14 +45,20 @@ class HessianAccumulator:
 
 
 def gptq_quantize(weight: Tensor, hessian: Tensor, group_size: int = 128, *, damp: float = 0.01,
-                  block_size: int = 128) -> tuple[Tensor, Tensor, Tensor]:
+                  block_size: int = 128, act_order: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """GPTQ for one weight [out, in] given its input Hessian [in, in]:
     ``(q int8 [out, in], scale fp32 [out, in/g], zero_point int8 [out, in/g])``.
 
-    Columns go in their natural order (no act-order), so groups are contiguous and the
+    By default columns go in their natural order, so groups are contiguous and the
     result is an ordinary group-wise int4 weight. A group's scale and zero point are
     chosen when its first column is reached, from the columns as updated so far. Runs on
     the weight's device; the results come back there.
+
+    ``act_order``: columns go in descending order of the Hessian's diagonal (the inputs
+    with the most energy first, while the most error can still be spread), with *static*
+    groups: every group's scale and zero point come from the original weights before any
+    column is quantized (AutoGPTQ's ``desc_act`` + ``static_groups``), so groups stay
+    contiguous and the result loads like any group-wise int4 weight, no ``g_idx``.
     """
     out_f, in_f = weight.shape
     check_group_size(in_f, group_size)
@@ -64,13 +70,21 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, group_size: int = 128, *, dam
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += torch.diag(torch.full((in_f,), damp * torch.diag(h).mean().item(), dtype=torch.float64, device=dev))
+
+    groups = in_f // group_size
+    scales = torch.zeros(out_f, groups, device=dev)
+    zeros = torch.zeros(out_f, groups, device=dev)
+    perm = None
+    if act_order:
+        for g in range(groups):
+            scales[:, g], zeros[:, g] = int4_params(w[:, g * group_size:(g + 1) * group_size])
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w, h = w[:, perm], h[perm][:, perm]
+    group_of = ((perm if perm is not None else torch.arange(in_f)) // group_size).tolist()
     eye = torch.eye(in_f, dtype=torch.float64, device=dev)
     hinv = torch.linalg.cholesky(torch.cholesky_solve(eye, torch.linalg.cholesky(h)), upper=True).float()
 
     q_all = torch.zeros(out_f, in_f, device=dev)
-    groups = in_f // group_size
-    scales = torch.zeros(out_f, groups, device=dev)
-    zeros = torch.zeros(out_f, groups, device=dev)
     for b0 in range(0, in_f, block_size):
         b1 = min(b0 + block_size, in_f)
         w1 = w[:, b0:b1].clone()
@@ -78,10 +92,9 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, group_size: int = 128, *, dam
         hinv1 = hinv[b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = b0 + i
-            if col % group_size == 0:
-                g = col // group_size
-                scales[:, g], zeros[:, g] = int4_params(w1[:, i:i + group_size])
-            g = col // group_size
+            if perm is None and col % group_size == 0:
+                scales[:, col // group_size], zeros[:, col // group_size] = int4_params(w1[:, i:i + group_size])
+            g = group_of[col]
             s, z = scales[:, g], zeros[:, g]
             q = int4_round(w1[:, i], s, z)
             q_all[:, col] = q
@@ -89,6 +102,8 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, group_size: int = 128, *, dam
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
+    if perm is not None:
+        q_all = q_all[:, torch.argsort(perm)]
     return q_all.to(torch.int8), scales.to(torch.float32), zeros.to(torch.int8)
 
 
@@ -126,7 +141,7 @@ def _layer_hessians(layer: nn.Module, linears: dict[str, nn.Module], captured: l
 
 @torch.no_grad()
 def gptq_model(model: nn.Module, calibration: Iterable[Tensor], group_size: int = 128, *,
-               damp: float = 0.01, skip: Iterable[str] = ("lm_head",)) -> nn.Module:
+               damp: float = 0.01, skip: Iterable[str] = ("lm_head",), act_order: bool = False) -> nn.Module:
     """Quantize every linear of every decoder block of a herd ``Transformer`` with GPTQ,
     block by block, in place; ``calibration`` yields token batches (B, T).
 
@@ -162,7 +177,7 @@ def gptq_model(model: nn.Module, calibration: Iterable[Tensor], group_size: int 
         for name, lin in linears.items():
             if stats[name].h is None:
                 raise ValueError(f"GPTQ: model.layers.{index}.{name} saw no calibration input")
-            q, scale, zp = gptq_quantize(lin.weight, stats[name].h, group_size, damp=damp)
+            q, scale, zp = gptq_quantize(lin.weight, stats[name].h, group_size, damp=damp, act_order=act_order)
             parent_name, _, child = name.rpartition(".")
             parent = layer.get_submodule(parent_name) if parent_name else layer
             new = Int4Linear.from_quantized(q, scale, zp, group_size)

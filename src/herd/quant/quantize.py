@@ -27,8 +27,10 @@ from herd.quant.fp8 import ACTIVATION_SCALE_UB, Fp8RowwiseLinear
 from herd.quant.int4 import GROUP_SIZES, Int4Linear
 from herd.quant.int8 import Int8Linear
 
-_SCHEME = re.compile(r"^(?:(int8)|(int4)(?:-(rtn|gptq))?(?:-g(\d+))?|(fp8)(?:-rowwise)?)$")
-SCHEMES = ("int8", "int4", "int4-g32", "int4-g64", "int4-gptq", "int4-gptq-g32", "int4-gptq-g64", "fp8")
+_SCHEME = re.compile(r"^(?:(int8)|(int4)(?:-(rtn|gptq-act|gptq))?(?:-g(\d+))?|(fp8)(?:-rowwise)?)$")
+SCHEMES = ("int8", "int4", "int4-g32", "int4-g64", "int4-gptq", "int4-gptq-g32", "int4-gptq-g64", "int4-gptq-act",
+           "fp8")
+METHODS = ("rtn", "gptq", "gptq-act")  # gptq-act: GPTQ in descending Hessian-diagonal order, static groups
 FFN_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -46,7 +48,7 @@ class QuantScheme:
             raise ValueError(f"unknown quantization kind {self.kind!r}; use int8, int4 or fp8")
         if self.kind == "int4" and self.group_size not in GROUP_SIZES:
             raise ValueError(f"int4 group_size must be one of {GROUP_SIZES}, got {self.group_size}")
-        if self.method not in ("rtn", "gptq") or (self.method == "gptq" and self.kind != "int4"):
+        if self.method not in METHODS or (self.method != "rtn" and self.kind != "int4"):
             raise ValueError(f"method {self.method!r} is not available for {self.kind}; GPTQ is int4-only")
 
     @classmethod
@@ -66,7 +68,7 @@ class QuantScheme:
     def name(self) -> str:
         if self.kind != "int4":
             return self.kind
-        return "int4" + ("-gptq" if self.method == "gptq" else "") + f"-g{self.group_size}"
+        return "int4" + ("" if self.method == "rtn" else f"-{self.method}") + f"-g{self.group_size}"
 
 
 def target_linears(model: nn.Module, scheme: QuantScheme) -> list[str]:
@@ -99,13 +101,13 @@ def quantize(model: nn.Module, scheme: str | QuantScheme, *, calibration: Iterab
     if getattr(model, "quant_scheme", None) is not None:
         raise ValueError(f"the model is already quantized ({model.quant_scheme.name})")
     names = target_linears(model, scheme)
-    if scheme.method == "gptq":
+    if scheme.method != "rtn":
         if calibration is None:
-            raise ValueError("int4-gptq needs calibration token batches (calibration=...)")
+            raise ValueError(f"{scheme.name} needs calibration token batches (calibration=...)")
         from herd.quant.gptq import gptq_model
 
         skip = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)} - set(names)
-        gptq_model(model, calibration, scheme.group_size, skip=skip)
+        gptq_model(model, calibration, scheme.group_size, skip=skip, act_order=scheme.method == "gptq-act")
     else:
         for name in names:
             linear = model.get_submodule(name)
