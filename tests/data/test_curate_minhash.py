@@ -89,3 +89,18 @@ def test_minhash_recall_and_no_false_removals(capsys):
     assert false_removals == []
     # precision: every removed document really has a near twin (>= 0.5), and most have >= 0.7
     assert sum(best[i] >= 0.7 for i, r in enumerate(removed) if r) >= 0.95 * sum(removed)
+
+
+def test_band_prefilter_decides_like_every_document_indexed():
+    """fit() indexes only documents sharing a band with another; the decisions must be those of indexing all."""
+    import numpy as np
+
+    from tests.data.minhash_reference import fit_every_document_indexed, synthetic_scans
+
+    scans = synthetic_scans(3000, seed=1)
+    step = MinHashDedup()
+    shared = np.concatenate(step.shared_bands(scans)).any(axis=1)
+    assert 0.2 < shared.mean() < 0.7  # both kinds present: the pre-filter decides something
+    ours, reference = step.fit(scans), fit_every_document_indexed(step, scans)
+    assert sum(map(len, ours)) > 300
+    assert all(np.array_equal(a, b) for a, b in zip(ours, reference, strict=True))

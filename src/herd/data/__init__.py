@@ -18,7 +18,9 @@ the right ones (resumable per-file tasks with completion markers, the Gopher/C4 
 its URL word lists) and datasketch for MinHash/LSH rather than its own. A step is small
 enough to wrap as a datatrove ``PipelineStep`` (call ``step.process`` on ``doc.text`` and
 ``doc.metadata``) when a corpus outgrows one machine and needs datatrove's Slurm or Ray
-executors: datatrove_step.as_datatrove_filter does that.
+executors: datatrove_step.as_datatrove_filter does that, and scale_out.py runs a whole curate
+config there (``herd curate run --executor local|slurm|ray``), the dedup steps mapped onto
+datatrove's disk-based exact and MinHash stages (datatrove_steps.py).
 """
 
 from herd.data.records import CurateError, GlobalStep, Record, Step

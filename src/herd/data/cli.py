@@ -25,8 +25,19 @@ def run(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. curate.workers=4")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete the work directory's previous run first.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    executor: Annotated[str, typer.Option(help="herd (its own one-machine runner), or datatrove's local, slurm "
+                                               "or ray executor (options: the config's scale_out table).")]
+    = "herd",
+    tasks: Annotated[int | None, typer.Option(help="datatrove: tasks per phase (default: one per input file).")]
+    = None,
+    workers: Annotated[int | None, typer.Option(help="datatrove local executor: tasks run at once.")] = None,
+    logging_dir: Annotated[Path | None, typer.Option(help="datatrove: logs, stats and completion markers.")] = None,
 ) -> None:
-    """Run (or resume) a curation pipeline; writes work_dir/output/*.jsonl.gz and work_dir/report.json."""
+    """Run (or resume) a curation pipeline; writes work_dir/output/*.jsonl.gz and work_dir/report.json.
+
+    With --executor local|slurm|ray the same config runs as datatrove pipelines (herd.data.scale_out):
+    output in work_dir/datatrove/output, per-stage stats in the logging directory.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from herd.data.config import load_config
@@ -38,6 +49,9 @@ def run(
         pipeline = load_config(config, overrides or [])
     except CurateError as e:
         raise cli._fail(str(e)) from None
+    if executor != "herd":
+        _run_datatrove(pipeline, executor, tasks, workers, logging_dir, overwrite)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
                TextColumn("{task.fields[docs]:,} docs ({task.fields[rate]:,.0f}/s)"), TimeElapsedColumn())
     with Progress(*columns, console=cli.console, disable=not sys.stderr.isatty()) as bar:
@@ -68,6 +82,23 @@ def run(
                       f"docs/s with {r['workers']} workers; {result.files_skipped} file passes resumed, "
                       f"{result.files_run} run. Output: {result.work_dir / 'output'}; report: "
                       f"{result.work_dir / 'report.json'}", soft_wrap=True)
+
+
+def _run_datatrove(pipeline, executor: str, tasks: int | None, workers: int | None, logging_dir: Path | None,
+                   overwrite: bool) -> None:
+    from herd.data.records import CurateError
+    from herd.data.scale_out import ScaleOutOptions, run_on_datatrove
+
+    cli = _cli()
+    try:
+        options = ScaleOutOptions.from_config(pipeline.config, executor=executor, tasks=tasks, workers=workers,
+                                              logging_dir=str(logging_dir) if logging_dir else None)
+        result = run_on_datatrove(pipeline, options, overwrite=overwrite)
+    except (CurateError, ImportError) as e:
+        raise cli._fail(str(e)) from None
+    n = sum(1 for _ in result.output_dir.glob("*.jsonl.gz"))
+    cli.console.print(f"datatrove {executor} executor: stages {', '.join(result.stages)}; output {result.output_dir} "
+                      f"({n} files); stats in {result.logging_dir}/<stage>/stats.json", soft_wrap=True)
 
 
 @curate_app.command("train-quality")

@@ -6,7 +6,8 @@ executors shard the work over a cluster; :func:`as_datatrove_filter` wraps any h
 and drop reasons run there: the document's text and metadata are handed to the step as a
 record, the step's rewrite and annotations are copied back, and a drop becomes datatrove's
 ``(False, reason)`` so its stats count herd's reasons. Global steps (dedup, keep-latest-URL)
-are not wrapped: at that scale use datatrove's own disk-sorted MinHash and exact-dedup stages.
+are not wrapped: :mod:`herd.data.scale_out` maps them onto datatrove's disk-based exact and MinHash
+stages and runs a whole curate config on datatrove's executors.
 """
 
 from __future__ import annotations
@@ -17,24 +18,9 @@ from herd.data.records import CurateError, GlobalStep, Step
 
 
 def as_datatrove_filter(step: Step, exclusion_writer: Any = None) -> Any:
-    """A datatrove ``BaseFilter`` running ``step`` (needs the ``datatrove`` package)."""
-    from datatrove.pipeline.filters.base_filter import BaseFilter
-
+    """A datatrove ``BaseFilter`` running ``step`` (needs the ``datatrove`` package; picklable for its executors)."""
     if isinstance(step, GlobalStep) or not isinstance(step, Step):
         raise CurateError(f"as_datatrove_filter: {step!r} is not a per-document herd step")
+    from herd.data.datatrove_steps import HerdStepFilter
 
-    class HerdStepFilter(BaseFilter):
-        name = f"herd {step.name}"
-
-        def __init__(self) -> None:
-            super().__init__(exclusion_writer)
-            self.step = step
-
-        def filter(self, doc: Any) -> bool | tuple[bool, str]:
-            rec = {"id": doc.id, "text": doc.text, "meta": doc.metadata}
-            reason = self.step(rec)
-            doc.text = rec["text"]
-            doc.metadata = rec["meta"]
-            return True if reason is None else (False, reason)
-
-    return HerdStepFilter()
+    return HerdStepFilter(step, exclusion_writer)

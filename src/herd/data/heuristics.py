@@ -3,7 +3,8 @@
 * Gopher (Rae et al. 2021, "Scaling Language Models", appendix A1.1 and table A1): word
   count 50..100,000, mean word length 3..10, "#" and ellipsis to word ratio <= 0.1, <= 90 %
   lines starting with a bullet, <= 30 % ending in an ellipsis, >= 80 % words with a letter,
-  >= 2 of the stop words {the, be, to, of, and, that, have, with}; repetition: duplicate
+  >= 2 of the stop words {the, be, to, of, and, that, have, with} (other languages: their
+  stopwords-iso list, see ``GopherQuality.stop_words_for``); repetition: duplicate
   line/paragraph fractions 0.3, their character fractions 0.2, top 2/3/4-gram character
   fractions 0.20/0.18/0.16, duplicated 5..10-gram character fractions 0.15..0.10.
 * C4 (Raffel et al. 2020 and tensorflow_datasets ``c4_utils``): keep lines ending in terminal
@@ -25,10 +26,11 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from herd.data.records import Record, Step
+from herd.data.records import CurateError, Record, Step
 from herd.data.textutil import split_sentences, split_words
 
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+_GOPHER_SET = frozenset(GOPHER_STOP_WORDS)
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _LINES_RE = re.compile(r"\n+")
 
@@ -44,14 +46,39 @@ class GopherQuality(Step):
                  min_avg_word_length: float | None = 3, max_avg_word_length: float | None = 10,
                  max_symbol_word_ratio: float | None = 0.1, max_bullet_lines_ratio: float | None = 0.9,
                  max_ellipsis_lines_ratio: float | None = 0.3, min_alpha_words_ratio: float | None = 0.8,
-                 min_stop_words: int | None = 2, stop_words: Sequence[str] = GOPHER_STOP_WORDS, **kw) -> None:
+                 min_stop_words: int | None = 2, stop_words: Sequence[str] | None = None, **kw) -> None:
         super().__init__(**kw)
         self.min_doc_words, self.max_doc_words = min_doc_words, max_doc_words
         self.min_avg_word_length, self.max_avg_word_length = min_avg_word_length, max_avg_word_length
         self.max_symbol_word_ratio = max_symbol_word_ratio
         self.max_bullet_lines_ratio, self.max_ellipsis_lines_ratio = max_bullet_lines_ratio, max_ellipsis_lines_ratio
         self.min_alpha_words_ratio = min_alpha_words_ratio
-        self.min_stop_words, self.stop_words = min_stop_words, frozenset(stop_words)
+        self.min_stop_words = min_stop_words
+        self.stop_words = frozenset(stop_words) if stop_words is not None else None
+        self._by_language: dict[str, frozenset[str] | None] = {}
+
+    def stop_words_for(self, language: str | None) -> tuple[frozenset[str], bool]:
+        """(stop words, compare lower-cased) for a document's ``meta.language``.
+
+        ``stop_words`` given: that list for every language. Otherwise English (and documents without
+        a language id) get Gopher's eight, matched as Gopher and datatrove match them; another language
+        gets its stopwords-iso list (the ``stopwordsiso`` package, MIT), matched lower-cased; a language
+        without a list falls back to Gopher's English words.
+        """
+        if self.stop_words is not None:
+            return self.stop_words, False
+        if not language or language in ("en", "unknown"):
+            return _GOPHER_SET, False
+        if language not in self._by_language:
+            try:
+                import stopwordsiso
+            except ImportError:
+                raise CurateError("gopher_quality: per-language stop words need the stopwordsiso package "
+                                  "(pip install stopwordsiso), or set stop_words = [...]") from None
+            words = stopwordsiso.stopwords(language)
+            self._by_language[language] = frozenset(w.lower() for w in words) if words else None
+        found = self._by_language[language]
+        return (found, True) if found else (_GOPHER_SET, False)
 
     def process(self, rec: Record) -> str | None:
         text = rec["text"]
@@ -88,8 +115,10 @@ class GopherQuality(Step):
             alpha = sum(any(c.isalpha() for c in w) for w in words)
             if alpha / n_words < self.min_alpha_words_ratio:
                 return "gopher_below_alpha_threshold"
-        if self.min_stop_words is not None and len(self.stop_words.intersection(words)) < self.min_stop_words:
-            return "gopher_not_enough_stop_words"
+        if self.min_stop_words is not None:
+            stop, lower = self.stop_words_for(rec["meta"].get("language"))
+            if len(stop.intersection([w.lower() for w in words] if lower else words)) < self.min_stop_words:
+                return "gopher_not_enough_stop_words"
         return None
 
 
