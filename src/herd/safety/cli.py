@@ -77,12 +77,15 @@ def code_cmd(
 @guard_app.command("train-prompt")
 def train_prompt_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the trained classifier.")],
-    data: Annotated[Path | None, typer.Option(help="JSON Lines {text, label, source} (default: herd's data).")] = None,
+    data: Annotated[Path | None, typer.Option(help="JSON Lines {text, label, source, language?} "
+                                              "(default: herd's data).")] = None,
     holdout: Annotated[str, typer.Option(help="Source held out from training and evaluated on.")] =
         "cyberseceval-multilingual",
     epochs: Annotated[int, typer.Option(min=1)] = 8,
     seed: Annotated[int, typer.Option()] = 0,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Score threshold for the report.")] = 0.5,
+    mix_languages: Annotated[int, typer.Option(min=0, help="Copies of each English record of an attack source "
+                                               "wrapped in another language's benign lines (0: none).")] = 3,
 ) -> None:
     """Train herd's Prompt Guard classifier; report precision/recall on the held-out source."""
     from herd.safety.prompt_data import DATA, load_records
@@ -99,7 +102,11 @@ def train_prompt_cmd(
         sources = sorted({r.get("source") for r in records})
         raise _fail(f"no records from held-out source {holdout!r}; sources are {sources}")
     print(f"training on {len(train)} records, holding out {len(test)} from {holdout!r}", file=sys.stderr)
-    model = train_classifier(train, epochs=epochs, seed=seed, log=lambda m: print(m, file=sys.stderr))
+    try:
+        model = train_classifier(train, epochs=epochs, seed=seed, mix_languages=mix_languages,
+                                 log=lambda m: print(m, file=sys.stderr))
+    except ImportError as e:
+        raise _fail(str(e)) from None
     model.save(out)
     report = evaluate(PromptGuard.from_classifier(model), test, threshold)
     report.update({"holdout": holdout, "train_records": len(train), "model": str(out)})

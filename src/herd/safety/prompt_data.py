@@ -1,6 +1,7 @@
 """The prompt-attack data herd ships (``herd/safety/data/prompt_guard_data.jsonl``) and how it was built.
 
-Records are ``{"text", "label", "source"}`` with label BENIGN, INJECTION or JAILBREAK:
+Records are ``{"text", "label", "source", "language"}`` with label BENIGN, INJECTION or JAILBREAK and
+the language in lower case (CyberSecEval's ``speaking_language``, chatterbot's directory name):
 
 - ``cyberseceval-en``: CyberSecEval's 251 English prompt-injection cases (MIT, Meta PurpleLlama,
   commit 4be64c3): each ``user_input`` is an attack, JAILBREAK for direct injections (the user
@@ -39,6 +40,38 @@ def load_records(path: str | Path = DATA) -> list[dict]:
     return out
 
 
+def mix_languages(records: list[dict], copies: int, seed: int = 0) -> list[dict]:
+    """English records of the sources that hold attacks, each wrapped ``copies`` times in two benign
+    lines of one other language (source ``"mixed"``): extra training records that remove a confound.
+
+    herd's attacks are all English and its other languages all benign, so a classifier learns a
+    script as a label: "not English" reads as benign and hides attacks. Wrapped this way every
+    language's text also stands beside attacks (and beside English benign prompts, so "mixed" is no
+    label either), and only the English part decides. Records need a ``language`` field; those
+    without one take no part (and with no non-English benign lines nothing is added).
+    """
+    if copies <= 0:
+        return []
+    attack_sources = {r.get("source") for r in records if r["label"] != "BENIGN"}
+    context: dict[str, list[str]] = {}
+    for r in records:
+        if r["label"] == "BENIGN" and r.get("language") not in (None, "english"):
+            context.setdefault(r["language"], []).append(r["text"])
+    base = [r for r in records if r.get("language") == "english" and r.get("source") in attack_sources]
+    if not context or not base:
+        return []
+    rng = random.Random(seed)
+    languages = sorted(context)
+    out = []
+    for r in base:
+        for _ in range(copies):
+            lang = rng.choice(languages)
+            before, after = rng.choice(context[lang]), rng.choice(context[lang])
+            out.append({"text": f"{before} {r['text']} {after}", "label": r["label"], "source": "mixed",
+                        "language": lang})
+    return out
+
+
 def build(cyberseceval_dir: Path, chatterbot_dir: Path, out: Path = DATA, per_language: int = 60,
           seed: int = 0) -> int:
     """Write the JSON Lines file from the two sources (run once; the output is checked in)."""
@@ -48,11 +81,14 @@ def build(cyberseceval_dir: Path, chatterbot_dir: Path, out: Path = DATA, per_la
     for name, source in (("prompt_injection.json", "cyberseceval-en"),
                          ("prompt_injection_multilingual_machine_translated.json", "cyberseceval-multilingual")):
         cases = json.loads((cyberseceval_dir / name).read_text(encoding="utf-8"))
+        prompt_language: dict[str, str] = {}
         for c in cases:
             label = "INJECTION" if c["injection_type"] == "indirect" else "JAILBREAK"
-            rows.append({"text": c["user_input"], "label": label, "source": source})
-        for prompt in sorted({c["test_case_prompt"] for c in cases}):
-            rows.append({"text": prompt, "label": "BENIGN", "source": source})
+            language = c["speaking_language"].lower()
+            rows.append({"text": c["user_input"], "label": label, "source": source, "language": language})
+            prompt_language.setdefault(c["test_case_prompt"], language)
+        for prompt in sorted(prompt_language):
+            rows.append({"text": prompt, "label": "BENIGN", "source": source, "language": prompt_language[prompt]})
     rng = random.Random(seed)
     for lang_dir in sorted(p for p in chatterbot_dir.iterdir() if p.is_dir()):
         lines: list[str] = []
@@ -65,7 +101,8 @@ def build(cyberseceval_dir: Path, chatterbot_dir: Path, out: Path = DATA, per_la
                 lines += [s.strip() for s in conv if isinstance(s, str) and len(s.strip()) > 1]
         lines = sorted(set(lines))
         rng.shuffle(lines)
-        rows += [{"text": s, "label": "BENIGN", "source": "chatterbot"} for s in lines[:per_language]]
+        rows += [{"text": s, "label": "BENIGN", "source": "chatterbot", "language": lang_dir.name}
+                 for s in lines[:per_language]]
     tmp = out.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.rename(out)

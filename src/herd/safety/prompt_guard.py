@@ -9,6 +9,11 @@ Two classifiers behind one scoring interface:
   herd ships (``herd.safety.prompt_data``): a bag of hashed character n-grams -> mean embedding ->
   three logits, in PyTorch. It needs no tokenizer file, reads any script, and sees through
   spaced-out letters ("i g n o r e") because it also embeds the text with whitespace removed.
+  Its attacks are all English while its benign data spans 28 languages, so trained naively it
+  learns "not English" as "benign" (a Hindi attack scored benign for its script alone). Training
+  therefore also shows it English records wrapped in other languages' benign lines (``mix_languages``)
+  so a script carries no label, and it reads the text romanized too (anyascii: "सिस्टम ओवरराइड" ->
+  "sistm ovrraid"), so loanwords and cognates of English attack words count across scripts.
 
 Scoring follows Meta's reference utility: probabilities are ``softmax(logits / temperature)``;
 jailbreak score = p(JAILBREAK); indirect-injection score = p(INJECTION) + p(JAILBREAK). Text
@@ -96,23 +101,46 @@ def _normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
 
 
-class HashedNgramClassifier(nn.Module):
-    """Hashed character n-grams (n = 2..4, of the text and of the text without whitespace) ->
-    EmbeddingBag (frequency-weighted sum) -> Linear -> logits over LABELS."""
+FEATURES = ("chars", "squeezed", "romanized")
+OLD_FEATURES = ("chars", "squeezed")  # what a config.json without "features" (herd before romanization) used
 
-    def __init__(self, buckets: int = 1 << 15, dim: int = 16, ngrams: Sequence[int] = (2, 3, 4)) -> None:
+
+def _romanize(text: str) -> str:
+    try:
+        from anyascii import anyascii
+    except ImportError as e:
+        raise ImportError("this Prompt Guard classifier reads romanized text, which needs anyascii: "
+                          "pip install 'herd[safety]' (or pip install anyascii)") from e
+    return anyascii(text).lower()
+
+
+class HashedNgramClassifier(nn.Module):
+    """Hashed character n-grams (n = 2..4) -> EmbeddingBag (frequency-weighted sum) -> Linear -> logits
+    over LABELS. ``features`` names the texts the n-grams are read from: "chars" (the text), "squeezed"
+    (without whitespace), "romanized" (transliterated to ASCII, so "пароль" reads "parol'")."""
+
+    def __init__(self, buckets: int = 1 << 15, dim: int = 16, ngrams: Sequence[int] = (2, 3, 4),
+                 features: Sequence[str] = OLD_FEATURES) -> None:
         super().__init__()
-        self.config = {"buckets": buckets, "dim": dim, "ngrams": list(ngrams)}
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown or not features:
+            raise ValueError(f"unknown prompt-guard features {unknown or list(features)}; known: {list(FEATURES)}")
+        if "romanized" in features:
+            _romanize("")  # a missing anyascii fails here, at load, not at the first prompt
+        self.config = {"buckets": buckets, "dim": dim, "ngrams": list(ngrams), "features": list(features)}
         self.embed = nn.EmbeddingBag(buckets, dim, mode="sum")
         self.head = nn.Linear(dim, len(LABELS))
 
     def features(self, text: str) -> tuple[list[int], list[float]]:
         """Distinct n-gram buckets of ``text`` and their frequencies (which sum to 1)."""
         t = _normalize(text)
-        squeezed = re.sub(r"\s+", "", t)
+        views = {"chars": (b"w", lambda: " " + t + " "), "squeezed": (b"s", lambda: re.sub(r"\s+", "", t)),
+                 "romanized": (b"r", lambda: " " + _romanize(t) + " ")}
         buckets = self.config["buckets"]
         counts: dict[int, int] = {}
-        for tag, s in ((b"w", " " + t + " "), (b"s", squeezed)):
+        for name in self.config["features"]:
+            tag, view = views[name]
+            s = view()
             for n in self.config["ngrams"]:
                 for i in range(max(0, len(s) - n + 1)):
                     b = zlib.crc32(tag + s[i:i + n].encode("utf-8", "surrogatepass")) % buckets
@@ -154,17 +182,37 @@ class HashedNgramClassifier(nn.Module):
             raise FileNotFoundError(f"{d}: no config.json (not a herd prompt-guard classifier)") from None
         if cfg.get("model_type") != "herd-prompt-guard":
             raise ValueError(f"{d}/config.json: model_type is {cfg.get('model_type')!r}, not 'herd-prompt-guard'")
-        model = cls(cfg["buckets"], cfg["dim"], cfg["ngrams"])
+        model = cls(cfg["buckets"], cfg["dim"], cfg["ngrams"], cfg.get("features", OLD_FEATURES))
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         return model.eval()
 
 
-def train_classifier(records: Sequence[dict], *, epochs: int = 12, lr: float = 0.05, batch_size: int = 64,
-                     seed: int = 0, buckets: int = 1 << 15, dim: int = 16,
-                     log: Callable[[str], None] | None = None) -> HashedNgramClassifier:
-    """Train herd's classifier on ``{"text", "label"}`` records (class-balanced cross-entropy, AdamW)."""
+def train_classifier(records: Sequence[dict], *, epochs: int = 8, lr: float = 0.05, batch_size: int = 64,
+                     seed: int = 0, buckets: int = 1 << 15, dim: int = 16, features: Sequence[str] = FEATURES,
+                     mix_languages: int = 3, log: Callable[[str], None] | None = None) -> HashedNgramClassifier:
+    """Train herd's classifier on ``{"text", "label", "language"?}`` records (class-balanced cross-entropy, AdamW).
+
+    ``mix_languages`` copies of each English record of an attack-bearing source are added, wrapped
+    in benign lines of another language (``prompt_data.mix_languages``), so no script is all-benign.
+    Embeddings start at zero: an n-gram never seen in training adds nothing to a score. Runs on one
+    CPU thread: the steps are too small to split, and on a busy machine two threads made them 7x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(records, epochs, lr, batch_size, seed, buckets, dim, features, mix_languages, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(records: Sequence[dict], epochs: int, lr: float, batch_size: int, seed: int, buckets: int, dim: int,
+           features: Sequence[str], mix_languages: int, log: Callable[[str], None] | None) -> HashedNgramClassifier:
+    from herd.safety.prompt_data import mix_languages as mix
+
+    records = list(records) + mix(records, mix_languages, seed)
     torch.manual_seed(seed)
-    model = HashedNgramClassifier(buckets, dim)
+    model = HashedNgramClassifier(buckets, dim, features=features)
+    nn.init.zeros_(model.embed.weight)
     feats = [model.features(r["text"]) for r in records]
     labels = torch.tensor([LABELS.index(r["label"]) for r in records])
     counts = torch.bincount(labels, minlength=len(LABELS)).float().clamp(min=1)
@@ -189,6 +237,10 @@ def train_classifier(records: Sequence[dict], *, epochs: int = 12, lr: float = 0
 
 
 # ---------------------------------------------------------------- the scorer
+
+# Bumped whenever the default classifier's training changes (data, features, mixing): names its cache.
+DEFAULT_MODEL_VERSION = 2
+
 
 class PromptGuard:
     """Scores text with either classifier; also the ``Shield`` for prompts and tool results.
@@ -227,10 +279,13 @@ class PromptGuard:
     @classmethod
     def default(cls, cache_dir: str | Path | None = None, **kwargs: Any) -> PromptGuard:
         """herd's classifier trained on all the data herd ships: loaded from ``cache_dir``
-        (default ``~/.cache/herd/prompt-guard``), or trained there once (about a minute on a CPU)."""
+        (default ``~/.cache/herd/prompt-guard-v{DEFAULT_MODEL_VERSION}``, so a model cached by
+        an herd whose training differed is not reused), or trained there once (seconds to a
+        minute on a CPU)."""
         from herd.safety.prompt_data import load_records
 
-        d = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "herd" / "prompt-guard"
+        d = (Path(cache_dir) if cache_dir is not None
+             else Path.home() / ".cache" / "herd" / f"prompt-guard-v{DEFAULT_MODEL_VERSION}")
         if not (d / "model.safetensors").exists():
             model = train_classifier(load_records())
             if d.exists():
