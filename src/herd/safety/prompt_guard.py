@@ -110,7 +110,7 @@ def _romanize(text: str) -> str:
         from anyascii import anyascii
     except ImportError as e:
         raise ImportError("this Prompt Guard classifier reads romanized text, which needs anyascii: "
-                          "pip install 'herd[safety]' (or pip install anyascii)") from e
+                          "pip install anyascii (one of herd's dependencies)") from e
     return anyascii(text).lower()
 
 
