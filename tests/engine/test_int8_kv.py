@@ -3,6 +3,7 @@ trained model the same greedy text as the bf16 cache."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -44,12 +45,9 @@ def test_batched_requests_equal_each_alone_with_an_int8_cache(model):
 
 
 def test_int8_cache_holds_about_twice_the_tokens_of_a_bf16_one_in_the_same_budget(model):
-    m = model.to(torch.bfloat16)
-    try:
-        budget = 8 << 20
-        plain, int8 = Engine(m, memory=budget), Engine(m, memory=budget, kv_dtype="int8")
-    finally:
-        model.float()
+    m = copy.deepcopy(model).to(torch.bfloat16)  # the fixture stays fp32 for the other tests
+    budget = 8 << 20
+    plain, int8 = Engine(m, memory=budget), Engine(m, memory=budget, kv_dtype="int8")
     a = model.args
     assert int8.memory.kv_per_token == 2 * a.n_layers * a.n_kv_heads * (a.head_dim + 4)
     assert int8.cache.nbytes() == int8.capacity * int8.memory.kv_per_token  # the estimate is what it allocates
