@@ -34,11 +34,11 @@ numpy). Measured: ``benchmarks/curate.py`` (tracemalloc, 50,000 generated signat
 sharing a band, 30 % near copies) 1.2 KB per document against 8.8 KB with every document in
 datasketch's index, same decisions; on the 19,291 documents that reached MinHash in its
 200 MB pipeline run (79 % sharing a band), 1.5 KB against 10.2 KB (tracemalloc) and 2.0 KB
-against 18.3 KB of peak-RSS growth. Before this the 1 GB run (99,678 documents reached MinHash)
-peaked at 1.46 GB in the main process. Beyond ~10 million documents per MinHash step (5 GB of
-signatures alone), dedup per language/source with ``languages``, or run the config on
-datatrove's disk-based stages (:mod:`herd.data.scale_out`). Line dedup holds one bucket's line
-hashes at a time.
+against 18.3 KB of peak-RSS growth. The 1 GB run's main process (``benchmarks/curate.py
+--run-mb 1024``) peaks at 517 MB, against 1.46 GB before (99,678 documents reached MinHash).
+Beyond ~10 million documents per MinHash step (5 GB of signatures alone), dedup per
+language/source with ``languages``, or run the config on datatrove's disk-based stages
+(:mod:`herd.data.scale_out`). Line dedup holds one bucket's line hashes at a time.
 """
 
 from __future__ import annotations
