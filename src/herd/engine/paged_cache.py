@@ -26,9 +26,9 @@ its context is a slice of the pool: attention reads it in place, with no gather.
 
 ``kv_dtype="int8"`` stores keys and values as int8 with one fp32 scale per token and KV head
 (symmetric, ``max|x| / 127``): 0.52x the bytes of a bf16 cache at head_dim 128, so about
-twice the tokens fit a memory budget. A token's codes depend on that token alone, so a
-request still gets the same bits batched or alone; each step dequantizes the contexts it
-reads into the compute dtype before attention.
+twice the tokens fit a memory budget. A token's codes depend on that token alone, so
+batching changes no request's cached values; each step dequantizes the contexts it reads
+into the compute dtype before attention.
 """
 
 from __future__ import annotations
