@@ -444,7 +444,8 @@ def params_from_args(args: ModelArgs) -> dict:
 
 def check_model_parallel(args: ModelArgs, n: int) -> None:
     if n < 1 or args.n_kv_heads % n or args.n_heads % n:
-        raise CheckpointError(f"model_parallel={n} must divide n_heads and n_kv_heads")
+        raise CheckpointError(f"model_parallel={n} must be >= 1 and divide n_heads ({args.n_heads}) and "
+                              f"n_kv_heads ({args.n_kv_heads})")
 
 
 def meta_state(model: Transformer, dtype: torch.dtype | str | None = None,
