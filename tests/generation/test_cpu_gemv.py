@@ -71,15 +71,51 @@ def test_bf16_outputs_round_to_nearest_even():
 
 
 @needs_kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(dtype):
+@pytest.mark.parametrize("dtype, wdtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                           (torch.bfloat16, torch.int8), (torch.float32, torch.int8)])
+def test_a_row_gets_the_same_bits_whatever_rows_share_the_call(dtype, wdtype):
     # the tiled loop (several rows) sums each output in the one-row loop's order: a request
     # decoded in a batch of the engine gets exactly what it gets alone
     g = torch.Generator().manual_seed(7)
-    x, w = torch.randn(23, 1030, generator=g).to(dtype), torch.randn(521, 1030, generator=g).to(dtype)
-    together = cpu_gemv(x, w)
-    assert torch.equal(together, torch.cat([cpu_gemv(x[i:i + 1], w) for i in range(23)]))
-    assert torch.equal(together[5:7], cpu_gemv(x[5:7], w))
+    x, w = torch.randn(23, 1030, generator=g).to(dtype), torch.randn(521, 1030, generator=g)
+    scale = None
+    if wdtype is torch.int8:
+        w, scale = (w * 40).round().clamp(-128, 127).to(torch.int8), torch.rand(521, generator=g) / 100
+    else:
+        w = w.to(wdtype)
+    together = cpu_gemv(x, w, scale)
+    assert torch.equal(together, torch.cat([cpu_gemv(x[i:i + 1], w, scale) for i in range(23)]))
+    assert torch.equal(together[5:7], cpu_gemv(x[5:7], w, scale))
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 3, 17, 300])
+@pytest.mark.parametrize("n, k", [(64, 64), (37, 203), (520, 1030)])
+def test_int8_weights_give_the_scaled_integer_product(rows, n, k):
+    g = torch.Generator().manual_seed(n * k + rows)
+    q = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    scale = torch.rand(n, generator=g) / 50 + 1e-3
+    x = torch.randn(rows, k, generator=g)
+    exact = (x.double() @ q.double().T) * scale.double()
+    # fp32: one fp32 sum (the int8 values widen exactly), scaled once
+    torch.testing.assert_close(cpu_gemv(x, q, scale).double(), exact, rtol=1e-5, atol=1e-4)
+    xb = x.bfloat16()
+    exact = (xb.double() @ q.double().T) * scale.double()
+    got = cpu_gemv(xb, q, scale)
+    assert got.dtype == torch.bfloat16
+    step = exact.abs().clamp(min=1e-3) * 2**-7  # the scaled fp32 sum rounded to bf16 once
+    assert ((got.double() - exact).abs() <= step).all()
+
+
+@needs_kernel
+def test_int8_weights_need_their_scale():
+    q, x = torch.zeros(8, 16, dtype=torch.int8), torch.randn(1, 16)
+    with pytest.raises(ValueError, match="per-row scale"):
+        cpu_gemv(x, q)
+    with pytest.raises(ValueError, match="per-row scale"):
+        cpu_gemv(x, torch.randn(8, 16), torch.ones(8))
+    with pytest.raises(ValueError, match="8 values"):
+        cpu_gemv(x, q, torch.ones(7))
 
 
 @needs_kernel
@@ -89,6 +125,8 @@ def test_only_inference_products_are_taken():
     assert handles(torch.randn(300, 32), w)  # a prefill too: the tiled loop
     assert not handles(torch.randn(0, 32), w)
     assert not handles(torch.randn(1, 32).half(), w.half())
+    assert handles(torch.randn(1, 32).bfloat16(), w.to(torch.int8))  # int8 weights with either activation
+    assert not handles(torch.randn(1, 32).bfloat16(), w)  # mixed float dtypes go to F.linear
     assert not handles(torch.randn(1, 32), w.t().contiguous().t()[:, :32])  # a non-contiguous weight view
     w_grad = w.clone().requires_grad_()
     assert not handles(torch.randn(1, 32), w_grad)

@@ -11,14 +11,19 @@ that streams eight weight rows at once against the input vector, on every core, 
 With more rows (a batch of decodes in the engine, a prefill) the product is bound by
 arithmetic, and there ``F.linear`` is worse still: 5-15 GFLOP/s in bf16 and 8-35 in fp32
 for 8-2048 rows on those machines (MKL's and oneDNN's AVX2 paths on an AMD CPU), against
-the two cores' ~157 GFLOP/s of fp32 FMA. A register-tiled loop (3 input rows x 4 weight
+the two cores' ~185 GFLOP/s of fp32 FMA (measured: 12 chains of FMAs, no loads). A
+register-tiled loop (3 input rows x 4 weight
 rows of fp32 accumulators, each weight vector widened once and used three times, a block
 of weight rows kept in cache for every input row) reaches 90-120 GFLOP/s there.
 
 This module builds both loops (C, once, with the system C compiler; the .so is cached)
 and swaps them into ``nn.Linear`` for the products they handle: CPU, fp32 or bf16, a
 contiguous weight, no gradient, any number of rows. Everything else (training, CUDA,
-fp16) goes to ``F.linear`` as before. The kernel runs on torch's OpenMP threads
+fp16) goes to ``F.linear`` as before. The same loops read int8 weights with one fp32
+scale per row (``herd.quant``'s int8 weight-only layers): a weight is widened to fp32
+exactly, the row's scale multiplies the fp32 sum, so int8 decoding reads half of bf16's
+bytes at the same bandwidth, where ATen's ``_weight_int8pack_mm`` reads them more slowly
+than the bf16 gemv reads twice as many. The kernel runs on torch's OpenMP threads
 (``ThreadChoice`` falls back to one thread while another process makes two slower; the
 tiled loop hands out its blocks dynamically for the same reason).
 
@@ -56,6 +61,7 @@ _SOURCE = r"""
 #include <string.h>
 
 #define ROWS 8
+enum { W_F32 = 0, W_BF16 = 1, W_INT8 = 2 };  /* the weight's element type */
 
 static inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -63,15 +69,21 @@ static inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+/* eight weights from element i on, widened to fp32 (exactly: bf16 and int8 are subsets of fp32) */
 static inline __m256 load8_f32(const void *p, long i) { return _mm256_loadu_ps((const float *)p + i); }
 static inline __m256 load8_bf16(const void *p, long i) {
   __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
+static inline __m256 load8_int8(const void *p, long i) {
+  __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)p + i));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
 static inline float get_f32(const void *p, long i) { return ((const float *)p)[i]; }
 static inline float get_bf16(const void *p, long i) {
   uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16; float f; memcpy(&f, &u, 4); return f;
 }
+static inline float get_int8(const void *p, long i) { return (float)((const int8_t *)p)[i]; }
 static inline uint16_t to_bf16(float f) {  /* round to nearest even; NaN stays NaN */
   uint32_t u; memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
@@ -104,10 +116,17 @@ static void NAME(const float *x, const void *w, long K, int rows, float *out) { 
 }
 DOT_ROWS(dot_rows_f32, load8_f32, get_f32)
 DOT_ROWS(dot_rows_bf16, load8_bf16, get_bf16)
+DOT_ROWS(dot_rows_int8, load8_int8, get_int8)
+
+static void dot_rows(int wtype, const float *x, const void *w, long K, int rows, float *out) {
+  if (wtype == W_BF16) dot_rows_bf16(x, w, K, rows, out);
+  else if (wtype == W_INT8) dot_rows_int8(x, w, K, rows, out);
+  else dot_rows_f32(x, w, K, rows, out);
+}
 
 /* Several input rows at once: an MR x NR tile of outputs (MR rows of x against NR rows of
-   w) accumulates in 12 registers, so each weight vector loaded (and widened from bf16) feeds
-   MR fused multiply-adds instead of one. Each output is summed in the same order as
+   w) accumulates in 12 registers, so each weight vector loaded (and widened) feeds MR
+   fused multiply-adds instead of one. Each output is summed in the same order as
    dot_rows sums it (8 lanes over k, then hsum, then the scalar tail), so the two paths give
    bit-identical results and either may take any product. */
 #define NR 4
@@ -136,63 +155,71 @@ static void NAME(const float *x, long K, const void *w, float *out) {           
       out[i * NR + j] = s;                                                          \
     }                                                                               \
 }
-TILE(tile3_f32, 3, load8_f32, get_f32)
-TILE(tile2_f32, 2, load8_f32, get_f32)
-TILE(tile1_f32, 1, load8_f32, get_f32)
-TILE(tile3_bf16, 3, load8_bf16, get_bf16)
-TILE(tile2_bf16, 2, load8_bf16, get_bf16)
-TILE(tile1_bf16, 1, load8_bf16, get_bf16)
+#define TILES(T, LOAD8, GET) \
+  TILE(tile3_##T, 3, LOAD8, GET) TILE(tile2_##T, 2, LOAD8, GET) TILE(tile1_##T, 1, LOAD8, GET)
+TILES(f32, load8_f32, get_f32)
+TILES(bf16, load8_bf16, get_bf16)
+TILES(int8, load8_int8, get_int8)
 
-static inline void store(void *y, long at, float v, int bf16) {
-  if (bf16) ((uint16_t *)y)[at] = to_bf16(v);
+static void tile(int wtype, int mr, const float *x, long K, const void *w, float *out) {
+  if (wtype == W_BF16) { if (mr == 3) tile3_bf16(x, K, w, out); else if (mr == 2) tile2_bf16(x, K, w, out);
+                         else tile1_bf16(x, K, w, out); }
+  else if (wtype == W_INT8) { if (mr == 3) tile3_int8(x, K, w, out); else if (mr == 2) tile2_int8(x, K, w, out);
+                              else tile1_int8(x, K, w, out); }
+  else { if (mr == 3) tile3_f32(x, K, w, out); else if (mr == 2) tile2_f32(x, K, w, out);
+         else tile1_f32(x, K, w, out); }
+}
+
+/* y[at] = v (times the weight row's scale, for int8 weights), in y's dtype */
+static inline void store(void *y, long at, float v, int ybf16, const float *scale, long n) {
+  if (scale) v *= scale[n];
+  if (ybf16) ((uint16_t *)y)[at] = to_bf16(v);
   else ((float *)y)[at] = v;
 }
 
 /* Rows [n0, n0 + rows) of the output for every input row: NR-row weight tiles against
    3 input rows at a time (the tile's weights stay in cache across the input rows), the
    last rows % NR weight rows by dot_rows. */
-static void block_tiled(const float *xf, const void *w, void *y, long B, long N, long K, int bf16,
-                        long n0, long rows) {
-  size_t elem = bf16 ? 2 : 4;
+static void block_tiled(const float *xf, const void *w, int wtype, size_t elem, const float *scale, void *y,
+                        int ybf16, long B, long N, long K, long n0, long rows) {
   long full = rows - rows % NR;
   float out[3 * NR];
   for (long b = 0; b < B; b += 3) {
     int mr = (int)(B - b < 3 ? B - b : 3);
     const float *xb = xf + b * K;
     for (long n = n0; n < n0 + full; n += NR) {
-      const void *wn = (const char *)w + (size_t)n * K * elem;
-      if (bf16) { if (mr == 3) tile3_bf16(xb, K, wn, out); else if (mr == 2) tile2_bf16(xb, K, wn, out);
-                  else tile1_bf16(xb, K, wn, out); }
-      else { if (mr == 3) tile3_f32(xb, K, wn, out); else if (mr == 2) tile2_f32(xb, K, wn, out);
-             else tile1_f32(xb, K, wn, out); }
+      tile(wtype, mr, xb, K, (const char *)w + (size_t)n * K * elem, out);
       for (int i = 0; i < mr; i++)
-        for (int j = 0; j < NR; j++) store(y, (b + i) * N + n + j, out[i * NR + j], bf16);
+        for (int j = 0; j < NR; j++) store(y, (b + i) * N + n + j, out[i * NR + j], ybf16, scale, n + j);
     }
     long n = n0 + full;
     if (n < n0 + rows) {
       const void *wn = (const char *)w + (size_t)n * K * elem;
       for (int i = 0; i < mr; i++) {
-        if (bf16) dot_rows_bf16(xb + i * K, wn, K, (int)(n0 + rows - n), out);
-        else dot_rows_f32(xb + i * K, wn, K, (int)(n0 + rows - n), out);
-        for (long r = 0; r < n0 + rows - n; r++) store(y, (b + i) * N + n + r, out[r], bf16);
+        dot_rows(wtype, xb + i * K, wn, K, (int)(n0 + rows - n), out);
+        for (long r = 0; r < n0 + rows - n; r++) store(y, (b + i) * N + n + r, out[r], ybf16, scale, n + r);
       }
     }
   }
 }
 
-/* y (B, N) = x (B, K) @ w (N, K)^T, all fp32 (bf16 == 0) or all bf16, on `threads` OpenMP
-   threads (torch's own team). One input row streams ROWS weight rows at a time, the rows of
-   w split evenly over the threads (a memory-bound pass). More rows go through the tiles
-   (compute-bound), in blocks of as many weight rows as fit in about 128 KiB of cache, each
-   block read from memory once for all input rows. Returns 1 when out of memory. */
-int herd_gemv(const void *x, const void *w, void *y, long B, long N, long K, int bf16, int threads) {
-  size_t elem = bf16 ? 2 : 4;
+/* y (B, N) = x (B, K) @ w (N, K)^T [* scale (N)], on `threads` OpenMP threads (torch's own
+   team). x and y are fp32 (xbf16 == 0) or bf16; w is fp32, bf16 or int8 (wtype), int8 with
+   one fp32 scale per row applied to the fp32 sum. One input row streams ROWS weight rows at
+   a time, the rows of w split evenly over the threads (a memory-bound pass). More rows go
+   through the tiles (compute-bound), in blocks of as many weight rows as fit in about
+   128 KiB of cache, each block read from memory once for all input rows. Returns 1 when out
+   of memory. */
+int herd_gemv(const void *x, int xbf16, const void *w, int wtype, const float *scale, void *y,
+              long B, long N, long K, int threads) {
+  size_t elem = wtype == W_F32 ? 4 : wtype == W_BF16 ? 2 : 1;
   float *xf = (float *)x, *buffer = NULL;
-  if (bf16) {  /* the input rows in fp32, once per call */
+  if (xbf16) {  /* the input rows in fp32, once per call */
     xf = buffer = (float *)malloc(sizeof(float) * B * K);
     if (!buffer) return 1;
     for (long i = 0; i < B * K; i++) xf[i] = get_bf16(x, i);
   }
+  size_t yelem = xbf16 ? 2 : 4;
   long blocks;
   if (B >= 2) {
     long block = ((128L << 10) / (K * (long)elem)) / NR * NR;
@@ -203,12 +230,12 @@ int herd_gemv(const void *x, const void *w, void *y, long B, long N, long K, int
     for (long b0 = 0; b0 < B; b0 += CHUNK) {  /* CHUNK input rows stay in cache for all blocks */
       long rows = B - b0 < CHUNK ? B - b0 : CHUNK;
       const float *xc = xf + b0 * K;
-      void *yc = (char *)y + (size_t)b0 * N * elem;
+      void *yc = (char *)y + (size_t)b0 * N * yelem;
       /* dynamic: when another process holds up one thread, the others take its share */
       #pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
       for (long blk = 0; blk < blocks; blk++) {
         long n0 = blk * block;
-        block_tiled(xc, w, yc, rows, N, K, bf16, n0, N - n0 < block ? N - n0 : block);
+        block_tiled(xc, w, wtype, elem, scale, yc, xbf16, rows, N, K, n0, N - n0 < block ? N - n0 : block);
       }
     }
     free(buffer);
@@ -220,9 +247,8 @@ int herd_gemv(const void *x, const void *w, void *y, long B, long N, long K, int
     long n0 = blk * ROWS;
     int rows = (int)(N - n0 < ROWS ? N - n0 : ROWS);
     float out[ROWS];
-    if (bf16) dot_rows_bf16(xf, (const char *)w + (size_t)n0 * K * elem, K, rows, out);
-    else dot_rows_f32(xf, (const char *)w + (size_t)n0 * K * elem, K, rows, out);
-    for (int r = 0; r < rows; r++) store(y, n0 + r, out[r], bf16);
+    dot_rows(wtype, xf, (const char *)w + (size_t)n0 * K * elem, K, rows, out);
+    for (int r = 0; r < rows; r++) store(y, n0 + r, out[r], xbf16, scale, n0 + r);
   }
   free(buffer);
   return 0;
@@ -254,7 +280,8 @@ def _build() -> ctypes.CDLL:
                 raise RuntimeError(f"{compiler} failed to build the gemv kernel:\n{done.stderr[-2000:]}")
             os.replace(out, lib_path)  # atomic: a concurrent build never loads half a file
     lib = ctypes.CDLL(str(lib_path))  # its libgomp.so.1 is the one torch has loaded: one team
-    lib.herd_gemv.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 3 + [ctypes.c_int] * 2
+    lib.herd_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                              ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int]
     lib.herd_gemv.restype = ctypes.c_int
     return lib
 
@@ -307,20 +334,23 @@ class ThreadChoice:
 
 
 _threads = ThreadChoice()
-_BF16 = {torch.float32: 0, torch.bfloat16: 1}  # the dtypes the kernel takes: is it bf16?
+_XTYPE = {torch.float32: 0, torch.bfloat16: 1}  # activations (and outputs): is it bf16?
+_WTYPE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # the kernel's weight element types
 
 
-def _gemv_eager(x: Tensor, weight: Tensor) -> Tensor:
+def _gemv_eager(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
     n, k = weight.shape
     x = x if x.is_contiguous() else x.contiguous()
     y = x.new_empty((*x.shape[:-1], n))
     rows = x.numel() // k
     # the work: one row reads every weight once, r rows do r times the arithmetic on them
     work = weight.numel() * weight.element_size() * rows
-    shape = (n, k, min(rows, 2))  # memory-bound (1 row) and compute-bound (more) keep separate records
+    shape = (n, k, weight.element_size(), min(rows, 2))  # memory- and compute-bound keep separate records
     threads = _threads.pick(shape, torch.get_num_threads()) if work >= PARALLEL_BYTES else 1
     start = time.perf_counter()
-    if _library().herd_gemv(x.data_ptr(), weight.data_ptr(), y.data_ptr(), rows, n, k, _BF16[x.dtype], threads):
+    scale_ptr = None if scale is None else scale.data_ptr()
+    if _library().herd_gemv(x.data_ptr(), _XTYPE[x.dtype], weight.data_ptr(), _WTYPE[weight.dtype], scale_ptr,
+                            y.data_ptr(), rows, n, k, threads):
         raise MemoryError("herd_gemv: no memory for the fp32 copy of its input")
     if threads > 1 or work >= PARALLEL_BYTES:
         _threads.record(shape, threads, work, time.perf_counter() - start)
@@ -328,22 +358,32 @@ def _gemv_eager(x: Tensor, weight: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("herd::cpu_gemv", mutates_args=())
-def cpu_gemv(x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ weight.T`` (CPU, fp32 or bf16, weight contiguous)."""
-    return _gemv_eager(x, weight)
+def cpu_gemv(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
+    """``x @ weight.T`` (CPU; x fp32 or bf16; weight contiguous, x's dtype or int8). An int8
+    weight needs ``scale``, fp32 [out]: the product is ``(x @ weight.T) * scale``, summed in
+    fp32 and rounded to x's dtype once."""
+    if (weight.dtype is torch.int8) != (scale is not None):
+        raise ValueError("cpu_gemv: an int8 weight needs its fp32 per-row scale, and only an int8 weight takes one")
+    if scale is not None and (scale.dtype is not torch.float32 or scale.numel() != weight.shape[0]
+                              or not scale.is_contiguous()):
+        raise ValueError(f"cpu_gemv: scale must be a contiguous fp32 tensor of {weight.shape[0]} values, "
+                         f"got {scale.dtype} {tuple(scale.shape)}")
+    return _gemv_eager(x, weight, scale)
 
 
 @cpu_gemv.register_fake
-def _(x: Tensor, weight: Tensor) -> Tensor:
+def _(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def handles(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``cpu_gemv`` takes this product (else ``F.linear`` does)."""
+    """Whether ``cpu_gemv`` takes this product (else ``F.linear`` does, or for int8 weights
+    ATen's int8 kernel)."""
     return (
         x.is_cpu
-        and x.dtype is weight.dtype
-        and x.dtype in _BF16
+        and x.dtype in _XTYPE
+        and (x.dtype is weight.dtype or weight.dtype is torch.int8)
+        and weight.device.type == "cpu"
         and x.numel() > 0
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))

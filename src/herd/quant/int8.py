@@ -2,9 +2,12 @@
 
 Weights are rounded to int8 with a symmetric per-row scale ``max|w_row| / 127``; the
 activations stay in the model's dtype. Decode is bound by reading weights, so halving the
-bytes of a bf16 weight is the whole point. On CPU the matmul is ATen's fused
-``torch._weight_int8pack_mm`` (int8 weights read directly, scales applied to the output);
-elsewhere the weight is converted to the activation dtype on the fly.
+bytes of a bf16 weight is the whole point. On an x86 CPU the product runs on herd's kernel
+(``herd.generation.cpu_gemv``: int8 weights widened in registers, the row's scale applied
+to the fp32 sum; it reads the int8 bytes as fast as the bf16 gemv reads its own, where
+ATen's ``torch._weight_int8pack_mm`` was slower than bf16 at half the bytes); without it
+(another CPU, fp16 activations, a gradient to keep) ATen's kernel runs; elsewhere the
+weight is converted to the activation dtype on the fly.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from herd.generation.cpu_gemv import _gemv_eager, cpu_gemv, gemv_available, handles
 from herd.quant.base import QuantizedLinear
 
 QMAX = 127
@@ -62,7 +66,12 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        if x.device.type == "cpu" and handles(x2, self.weight) and gemv_available():
+            if torch.compiler.is_compiling():
+                y = cpu_gemv(x2, self.weight, self.weight_scale)
+            else:
+                y = _gemv_eager(x2, self.weight, self.weight_scale)
+        elif x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
             y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, self.weight_scale.to(x.dtype))
         else:
             y = F.linear(x2, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
