@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from herd.engine.paged_cache import PackedSeq, PagedKVCache
-from tests.engine.conftest import prompts
+from tests.conftest import make_tiny_model
+from tests.engine.conftest import VOCAB, prompts
 
 
 def _packed_logits(model, cache, seqs, steps, per_request=None):
@@ -30,7 +31,7 @@ def _packed_logits(model, cache, seqs, steps, per_request=None):
     return [torch.cat(o) for o in out]
 
 
-@pytest.mark.parametrize("per_request", [False, True])
+@pytest.mark.parametrize("per_request", [False, True, None])  # None: each query alone (the CPU default)
 def test_packed_mixed_chunks_match_each_sequence_alone(model, per_request):
     a, b, c = prompts([11, 6, 9], seed=1)
     cache = PagedKVCache(model.args, num_blocks=12, block_size=4, dtype=torch.float32, device="cpu")
@@ -65,6 +66,30 @@ def test_a_lone_request_in_consecutive_blocks_reads_the_pool_in_place(model, kv_
     if kv_dtype is None:
         with torch.no_grad():
             torch.testing.assert_close(got[2], model(torch.tensor([seq]))[0], atol=2e-5, rtol=1e-4)
+
+
+def test_bf16_a_token_gets_the_same_bits_however_it_is_packed():
+    """Batch invariance: in bf16, where SDPA's summation order (which depends on how many
+    queries a call holds and how many keys it masks) changed logits by a rounding, a request's
+    logits are bit-identical packed in mixed chunks with others, chunked alone, or computed
+    one token at a time."""
+    model = make_tiny_model("tiny", seed=3, vocab_size=VOCAB).to(torch.bfloat16)
+    a, b, c = prompts([21, 14, 17], seed=6)
+    tables = [[7, 2, 9, 12, 4, 1], [0, 11, 6, 14], [5, 3, 8, 13, 10]]
+    mixed = [[(0, 9), (1, 5)], [(0, 12), (1, 1), (2, 17)], [(1, 8)]]
+    chunked = [[(0, 5)], [(0, 16)], [(1, 14)], [(2, 3)], [(2, 7)], [(2, 7)]]
+    seqs = list(zip([a, b, c], tables, strict=True))
+
+    def run(steps, **kw):
+        cache = PagedKVCache(model.args, num_blocks=16, block_size=4, dtype=torch.bfloat16, device="cpu", **kw)
+        return _packed_logits(model, cache, seqs, steps)
+
+    one_at_a_time = [[(i, 1)] for i, (seq, _) in enumerate(seqs) for _ in seq]
+    want = run(one_at_a_time)
+    for steps in (mixed, chunked):
+        for got, ref in zip(run(steps), want, strict=True):
+            assert torch.equal(got, ref)
+    assert run(mixed, batch_invariant=True)[0].dtype == torch.bfloat16
 
 
 def test_a_block_table_too_short_is_refused(model):

@@ -64,6 +64,30 @@ def test_cached_decode_past_original_rope_context():
     torch.testing.assert_close(got, full_logits(model, prompt)[249:], atol=2e-5, rtol=1e-5)
 
 
+def test_bf16_a_token_gets_the_same_bits_in_a_prefill_a_chunk_or_alone():
+    """One sequence in an eager CPU cache attends one query at a time (attend_each_query),
+    so in bf16 a token's logits do not depend on how many tokens share its forward pass
+    (SDPA's kernels round differently for different query counts: this failed before)."""
+    model = make_tiny_model("tiny", seed=3).to(torch.bfloat16)
+    ids = torch.randint(0, 128256, (1, 24), generator=torch.Generator().manual_seed(0))
+
+    def run(chunks):
+        cache = KVCache(model.args, 1, 32, dtype=torch.bfloat16, device="cpu")
+        assert cache.invariant
+        out, pos = [], 0
+        with torch.no_grad():
+            for n in chunks:
+                positions = torch.arange(pos, pos + n)[None]
+                cache.set_positions(positions, start=pos)
+                out.append(model(ids[:, pos:pos + n], positions, cache))
+                pos += n
+        return torch.cat(out, dim=1)
+
+    want = run([1] * 24)
+    for chunks in ([24], [12, 5, 1, 6], [3, 9, 12]):
+        assert torch.equal(run(chunks), want)
+
+
 def test_slice_writes_equal_scattered_writes(tiny):
     """``start`` (every row at start, start+1, ...) writes a slice; the result is the same."""
     ids = torch.randint(0, 128256, (2, 9), generator=torch.Generator().manual_seed(5))

@@ -83,13 +83,15 @@ class Engine:
     weights' bytes are measured on the loaded model). ``max_batched_tokens`` caps the
     tokens of one forward pass (the prefill chunk size), ``max_seqs`` the requests in it.
     ``kv_dtype="int8"`` keeps the KV cache in int8 (about half the bytes of bf16; see
-    ``herd.engine.paged_cache``).
+    ``herd.engine.paged_cache``). ``batch_invariant`` (default: on a CPU) runs attention one
+    query at a time, so that a request's tokens do not depend, even by a rounding, on how
+    its prompt is chunked or which requests share its steps (see ``herd.engine.paged_cache``).
     """
 
     def __init__(self, model: Transformer, tokenizer: Any = None, *, num_blocks: int | None = None,
                  memory: int | None = None, block_size: int = 16, max_batched_tokens: int = 256,
                  max_seqs: int = 64, prefix_caching: bool = True, cpu_gemv: bool = True,
-                 kv_dtype: str | None = None) -> None:
+                 kv_dtype: str | None = None, batch_invariant: bool | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.args = model.args
@@ -106,7 +108,7 @@ class Engine:
                 raise ValueError(f"memory budget of {memory} bytes leaves no room for the KV cache: the weights "
                                  f"alone take {self.memory.weights} bytes\n{self.memory.summary()}")
         self.cache = PagedKVCache(self.args, num_blocks, block_size, dtype=self.dtype, device=self.device,
-                                  kv_dtype=kv_dtype)
+                                  kv_dtype=kv_dtype, batch_invariant=batch_invariant)
         self.blocks = BlockManager(num_blocks, block_size, prefix_caching=prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_batched_tokens=max_batched_tokens, max_seqs=max_seqs)
         self.stats = EngineStats()

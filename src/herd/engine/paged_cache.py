@@ -19,6 +19,15 @@ step by how much work a single kernel would waste:
   compute mostly masked-out scores: many requests, long contexts). A one-token request
   goes in with its query heads as GQA "query positions", as ``KVCache`` does.
 
+* each query alone (the default on a CPU: ``batch_invariant``): every query token runs the
+  one SDPA call a lone decode step runs, over exactly the keys it may see
+  (``herd.generation.kv_cache.attend_each_query``). SDPA sums in an order that depends on
+  how many queries a call holds and how many keys it masks, so in bf16 a request's tokens
+  used to depend (by a rounding, enough to flip a near-tie) on how its prompt was cut into
+  chunks and on which requests shared its steps. With this form, and the batch-invariant
+  products of ``cpu_gemv``, a request gets the same bits batched or alone, in bf16 as in
+  fp32; the per-query calls cost ~20 us each, little next to a CPU's matmuls.
+
 Either way no request ever sees another's keys. The model file does not change
 (``transformer.py`` only calls ``backend.attend``). When a step holds one request whose
 blocks are consecutive in the pool (a lone request in a fresh engine, the batch-1 case),
@@ -40,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from herd.generation.kv_cache import attend_each_query
 from herd.model.args import ModelArgs
 
 
@@ -67,7 +77,8 @@ class PagedKVCache:
     """Keys and values of all requests, in blocks; see the module docstring."""
 
     def __init__(self, args: ModelArgs, num_blocks: int, block_size: int, *, dtype: torch.dtype,
-                 device: torch.device | str, kv_dtype: str | None = None) -> None:
+                 device: torch.device | str, kv_dtype: str | None = None, batch_invariant: bool | None = None
+                 ) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError(f"PagedKVCache needs num_blocks and block_size > 0, got {num_blocks}, {block_size}")
         if kv_dtype not in KV_DTYPES:
@@ -87,6 +98,9 @@ class PagedKVCache:
         self._mask: Tensor | None = None
         self._per_request: list[tuple[int, int, int, int, Tensor | None]] | None = None
         self._span: tuple[int, int] | None = None  # a lone request's context slots, when consecutive
+        # each query alone, as a lone decode step computes it (None: on a CPU; see the docstring)
+        self.batch_invariant = self.device.type == "cpu" if batch_invariant is None else batch_invariant
+        self._each_query: list[tuple[int, int, int, int, list[int]]] | None = None
 
     def slots(self, block_table: Sequence[int], start: int, stop: int) -> list[int]:
         """The cache slots of token positions start..stop-1 of a request."""
@@ -96,7 +110,8 @@ class PagedKVCache:
     def set_batch(self, seqs: Sequence[PackedSeq], *, per_request: bool | None = None) -> Tensor:
         """Describe the next packed forward pass; returns the positions (1, T) to give the
         model. Requests appear in the packed row in the order given. ``per_request``
-        forces one form of attention (None: packed unless it would waste most of its work)."""
+        forces one form of attention (None: each query alone when ``batch_invariant``, else
+        packed unless it would waste most of its work)."""
         positions: list[int] = []
         write: list[int] = []
         read: list[int] = []
@@ -120,6 +135,15 @@ class PagedKVCache:
         self._read = torch.tensor(read, device=dev)
         useful = sum(s.n * (s.start + s.n) for s in seqs)
         self._span = self._consecutive(seqs[0]) if len(seqs) == 1 else None
+        self._each_query = None
+        if per_request is None and self.batch_invariant:
+            self._mask, self._per_request, self._each_query = None, None, []
+            q0 = k0 = 0
+            for s in seqs:
+                end = s.start + s.n
+                self._each_query.append((q0, q0 + s.n, k0, k0 + end, list(range(s.start + 1, end + 1))))
+                q0, k0 = q0 + s.n, k0 + end
+            return pos[None]
         if per_request is None:
             per_request = self._span is not None or (
                 len(seqs) > 1 and len(positions) * len(read) > max(4 * useful, 1 << 18))
@@ -159,6 +183,10 @@ class PagedKVCache:
             raise RuntimeError("PagedKVCache.set_batch must be called before the forward pass")
         keys, values = (self._store(pool, scale, x, layer) for pool, scale, x in
                         ((self.k, self.k_scale, k), (self.v, self.v_scale, v)))  # each (1, n_kv, K, hd)
+        if self._each_query is not None:
+            out = [attend_each_query(q[:, :, q0:q1], keys[:, :, k0:k1], values[:, :, k0:k1], visible)
+                   for q0, q1, k0, k1, visible in self._each_query]
+            return out[0] if len(out) == 1 else torch.cat(out, dim=2)
         if self._per_request is None:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=self._mask, enable_gqa=True)
         _, n_heads, _, hd = q.shape
