@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from herd.generation.cpu_gemv import cpu_gemv_int4, gemv_available
 from herd.quant.fp8 import (
     FP8,
     FP8_MAX,
@@ -23,6 +24,7 @@ from herd.quant.fp8 import (
 from herd.quant.int4 import (
     Int4Linear,
     dequantize_int4,
+    layout_for,
     pack_cpu,
     pack_nibbles,
     quantize_int4_groupwise,
@@ -79,18 +81,41 @@ def test_int4_packings_are_inverted_exactly() -> None:
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_int4_cpu_kernel_matches_dequantized_reference(group_size: int, dtype: torch.dtype, tol: float) -> None:
+@pytest.mark.parametrize("layout", ["nibble", "cpu"])  # herd's cpu_gemv_int4, ATen's int4pack kernel
+def test_int4_cpu_kernel_matches_dequantized_reference(group_size: int, dtype: torch.dtype, tol: float,
+                                                       layout: str) -> None:
     assert hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
     mod = Int4Linear.from_linear(_linear(96, 256), group_size)
+    assert mod._layout == layout_for(torch.device("cpu"))
+    q = mod.int_values()
+    mod.qweight, mod._layout = (pack_cpu(q) if layout == "cpu" else pack_nibbles(q)), layout
     assert mod.qweight.dtype == torch.uint8 and mod.qweight.shape == (96, 128)  # 0.5 byte per weight
+    assert torch.equal(mod.int_values(), q)
     x = torch.randn(3, 256)
     ref = F.linear(x, mod.dequantize())
     got = mod.to(dtype)(x.to(dtype))
     torch.testing.assert_close(got.float(), ref, atol=tol * ref.abs().max().item(), rtol=0)
     # the portable path (plain nibbles, dequantize then matmul) agrees with the kernel
-    q = mod.int_values()
     mod.qweight, mod._layout = pack_nibbles(q), "nibble"
-    torch.testing.assert_close(mod.float()(x), ref, atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # an input that wants a gradient takes the portable path
+        torch.testing.assert_close(mod.float()(x.requires_grad_()), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not gemv_available(), reason="herd's CPU kernel needs x86-64 with AVX2 and a C compiler")
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_herd_int4_kernel_rows_are_batch_invariant_and_exact(group_size: int) -> None:
+    lin = _linear(264, 512, seed=3)
+    mod = Int4Linear.from_linear(lin, group_size)
+    assert mod._layout == "nibble"
+    w = mod.dequantize().double()
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(37, 512, generator=torch.Generator().manual_seed(1)).to(dtype)
+        got = mod(x)
+        assert torch.equal(got, torch.cat([mod(x[i:i + 1]) for i in range(37)]))  # a row gets the same bits
+        exact = x.double() @ w.T
+        assert (got.double() - exact).abs().max() <= (1e-5 if dtype is torch.float32 else 1e-2) * exact.abs().max()
+    with pytest.raises(ValueError, match="group_size"):
+        cpu_gemv_int4(torch.randn(1, 512), mod.qweight, mod.weight_scale, mod._offsets(), 24)
 
 
 def test_fp8_row_quantization_matches_fbgemm_reference() -> None:

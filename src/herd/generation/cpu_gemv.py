@@ -170,17 +170,30 @@ static void tile(int wtype, int mr, const float *x, long K, const void *w, float
          else tile1_f32(x, K, w, out); }
 }
 
-/* y[at] = v (times the weight row's scale, for int8 weights), in y's dtype */
-static inline void store(void *y, long at, float v, int ybf16, const float *scale, long n) {
-  if (scale) v *= scale[n];
-  if (ybf16) ((uint16_t *)y)[at] = to_bf16(v);
-  else ((float *)y)[at] = v;
+/* What turns a sum into an output: int8 weights multiply it by their row's scale; int4
+   weights subtract their zero points' share, sum over groups g of offset[n][g] * xsum[b][g]
+   (offset = (zero_point + 8) * scale, xsum = the input row's sum over the group). */
+typedef struct {
+  const float *row_scale;               /* int8: [N] */
+  const float *offset, *xsum; long groups;  /* int4: [N, groups], [B, groups] */
+} Epilogue;
+
+/* y[b, n] = v after the epilogue, in y's dtype */
+static inline void store(void *y, long b, long n, long N, float v, int ybf16, const Epilogue *e) {
+  if (e->row_scale) v *= e->row_scale[n];
+  if (e->offset) {
+    float c = 0.0f;
+    for (long g = 0; g < e->groups; g++) c += e->offset[n * e->groups + g] * e->xsum[b * e->groups + g];
+    v -= c;
+  }
+  if (ybf16) ((uint16_t *)y)[b * N + n] = to_bf16(v);
+  else ((float *)y)[b * N + n] = v;
 }
 
-/* Rows [n0, n0 + rows) of the output for every input row: NR-row weight tiles against
-   3 input rows at a time (the tile's weights stay in cache across the input rows), the
-   last rows % NR weight rows by dot_rows. */
-static void block_tiled(const float *xf, const void *w, int wtype, size_t elem, const float *scale, void *y,
+/* Rows [n0, n0 + rows) of the output for every input row (wb: weight row n0): NR-row
+   weight tiles against 3 input rows at a time (the tile's weights stay in cache across the
+   input rows), the last rows % NR weight rows by dot_rows. */
+static void block_tiled(const float *xf, const void *wb, int wtype, size_t elem, const Epilogue *e, void *y,
                         int ybf16, long B, long N, long K, long n0, long rows) {
   long full = rows - rows % NR;
   float out[3 * NR];
@@ -188,16 +201,16 @@ static void block_tiled(const float *xf, const void *w, int wtype, size_t elem, 
     int mr = (int)(B - b < 3 ? B - b : 3);
     const float *xb = xf + b * K;
     for (long n = n0; n < n0 + full; n += NR) {
-      tile(wtype, mr, xb, K, (const char *)w + (size_t)n * K * elem, out);
+      tile(wtype, mr, xb, K, (const char *)wb + (size_t)(n - n0) * K * elem, out);
       for (int i = 0; i < mr; i++)
-        for (int j = 0; j < NR; j++) store(y, (b + i) * N + n + j, out[i * NR + j], ybf16, scale, n + j);
+        for (int j = 0; j < NR; j++) store(y, b + i, n + j, N, out[i * NR + j], ybf16, e);
     }
     long n = n0 + full;
     if (n < n0 + rows) {
-      const void *wn = (const char *)w + (size_t)n * K * elem;
+      const void *wn = (const char *)wb + (size_t)(n - n0) * K * elem;
       for (int i = 0; i < mr; i++) {
         dot_rows(wtype, xb + i * K, wn, K, (int)(n0 + rows - n), out);
-        for (long r = 0; r < n0 + rows - n; r++) store(y, (b + i) * N + n + r, out[r], ybf16, scale, n + r);
+        for (long r = 0; r < n0 + rows - n; r++) store(y, b + i, n + r, N, out[r], ybf16, e);
       }
     }
   }
@@ -220,6 +233,7 @@ int herd_gemv(const void *x, int xbf16, const void *w, int wtype, const float *s
     for (long i = 0; i < B * K; i++) xf[i] = get_bf16(x, i);
   }
   size_t yelem = xbf16 ? 2 : 4;
+  Epilogue e = {scale, NULL, NULL, 0};
   long blocks;
   if (B >= 2) {
     long block = ((128L << 10) / (K * (long)elem)) / NR * NR;
@@ -235,7 +249,8 @@ int herd_gemv(const void *x, int xbf16, const void *w, int wtype, const float *s
       #pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
       for (long blk = 0; blk < blocks; blk++) {
         long n0 = blk * block;
-        block_tiled(xc, w, wtype, elem, scale, yc, xbf16, rows, N, K, n0, N - n0 < block ? N - n0 : block);
+        block_tiled(xc, (const char *)w + (size_t)n0 * K * elem, wtype, elem, &e, yc, xbf16, rows, N, K, n0,
+                    N - n0 < block ? N - n0 : block);
       }
     }
     free(buffer);
@@ -248,10 +263,132 @@ int herd_gemv(const void *x, int xbf16, const void *w, int wtype, const float *s
     int rows = (int)(N - n0 < ROWS ? N - n0 : ROWS);
     float out[ROWS];
     dot_rows(wtype, xf, (const char *)w + (size_t)n0 * K * elem, K, rows, out);
-    for (int r = 0; r < rows; r++) store(y, n0 + r, out[r], xbf16, scale, n0 + r);
+    for (int r = 0; r < rows; r++) store(y, 0, n0 + r, N, out[r], xbf16, &e);
   }
   free(buffer);
   return 0;
+}
+
+/* ---- int4 weights, group-wise: uint8 [N, K/2] of u = q + 8 (even column in the low
+   nibble), fp32 scale [N, K/G]; w = (q - zero_point) * scale = u * scale - offset with
+   offset = (zero_point + 8) * scale. A 16-column chunk's byte i holds columns 2i and 2i+1,
+   so the input row is read permuted (xp: per chunk the 8 even columns, then the 8 odd):
+   lane i of a chunk's low half pairs u_lo[i] * scale with x[2i], of its high half u_hi[i]
+   * scale with x[2i+1]. The sum over k of x * u * scale runs in that permuted order; the
+   zero points' share is subtracted once, in the epilogue. Batched products dequantize a
+   block of weight rows (u * scale, the same fp32 products) into a cache-sized buffer laid
+   out like xp and run the fp32 tiles over it: the same sums in the same order as the
+   one-row loop, so int4 rows are batch-invariant too. */
+static inline void unpack16_int4(const uint8_t *p, __m256 s, __m256 *lo, __m256 *hi) {
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+  *lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15))), s);
+  *hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), s);
+}
+
+/* out[r] = sum over k of xp * u * scale for `rows` (<= ROWS) consecutive weight rows */
+static void dot_rows_int4(const float *xp, const uint8_t *w, const float *scale, long K, long G, int rows,
+                          float *out) {
+  long groups = K / G, half = K / 2;
+  __m256 acc[ROWS];
+  for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
+  for (long k = 0; k < K; k += 16) {
+    long g = k / G;
+    __m256 xe = _mm256_loadu_ps(xp + k), xo = _mm256_loadu_ps(xp + k + 8);
+    if (rows == ROWS) {
+      _Pragma("GCC unroll 8")
+      for (int r = 0; r < ROWS; r++) {
+        __m256 lo, hi;
+        unpack16_int4(w + r * half + k / 2, _mm256_broadcast_ss(scale + r * groups + g), &lo, &hi);
+        acc[r] = _mm256_fmadd_ps(lo, xe, acc[r]);
+        acc[r] = _mm256_fmadd_ps(hi, xo, acc[r]);
+      }
+    } else {
+      for (int r = 0; r < rows; r++) {
+        __m256 lo, hi;
+        unpack16_int4(w + r * half + k / 2, _mm256_broadcast_ss(scale + r * groups + g), &lo, &hi);
+        acc[r] = _mm256_fmadd_ps(lo, xe, acc[r]);
+        acc[r] = _mm256_fmadd_ps(hi, xo, acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < rows; r++) out[r] = hsum(acc[r]);
+}
+
+/* rows [n0, n0 + rows) of the weight as fp32 u * scale, in xp's permuted column order */
+static void dequantize_int4_rows(const uint8_t *w, const float *scale, long K, long G, long n0, long rows,
+                                 float *dst) {
+  long groups = K / G, half = K / 2;
+  for (long r = 0; r < rows; r++)
+    for (long k = 0; k < K; k += 16) {
+      __m256 lo, hi;
+      unpack16_int4(w + (n0 + r) * half + k / 2, _mm256_broadcast_ss(scale + (n0 + r) * groups + k / G), &lo, &hi);
+      _mm256_storeu_ps(dst + r * K + k, lo);
+      _mm256_storeu_ps(dst + r * K + k + 8, hi);
+    }
+}
+
+/* y (B, N) = x (B, K) @ dequantized(w)^T for int4 weights (see above); K a multiple of G,
+   G a multiple of 16. Returns 1 when out of memory. */
+int herd_gemv_int4(const void *x, int xbf16, const uint8_t *w, const float *scale, const float *offset,
+                   void *y, long B, long N, long K, long G, int threads) {
+  long groups = K / G;
+  float *xp = (float *)malloc(sizeof(float) * B * K), *xsum = (float *)malloc(sizeof(float) * B * groups);
+  if (!xp || !xsum) { free(xp); free(xsum); return 1; }
+  for (long b = 0; b < B; b++) {
+    for (long g = 0; g < groups; g++) {
+      float s = 0.0f;
+      for (long k = g * G; k < (g + 1) * G; k++) s += xbf16 ? get_bf16(x, b * K + k) : get_f32(x, b * K + k);
+      xsum[b * groups + g] = s;
+    }
+    for (long k = 0; k < K; k += 16)
+      for (int i = 0; i < 8; i++) {
+        long even = b * K + k + 2 * i;
+        xp[b * K + k + i] = xbf16 ? get_bf16(x, even) : get_f32(x, even);
+        xp[b * K + k + 8 + i] = xbf16 ? get_bf16(x, even + 1) : get_f32(x, even + 1);
+      }
+  }
+  Epilogue e = {NULL, offset, xsum, groups};
+  int failed = 0;
+  if (B >= 2) {
+    long block = ((128L << 10) / (K * 4L)) / NR * NR;
+    long most = (N / (8L * threads)) / NR * NR;
+    if (block > most) block = most;
+    if (block < NR) block = NR;
+    long blocks = (N + block - 1) / block;
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      float *buf = (float *)malloc(sizeof(float) * block * K);
+      if (!buf) {
+        #pragma omp atomic write
+        failed = 1;
+      }
+      #pragma omp for schedule(dynamic)
+      for (long blk = 0; blk < blocks; blk++) {
+        if (!buf) continue;
+        long n0 = blk * block, rows = N - n0 < block ? N - n0 : block;
+        dequantize_int4_rows(w, scale, K, G, n0, rows, buf);
+        for (long b0 = 0; b0 < B; b0 += CHUNK) {  /* the dequantized block serves every input row */
+          Epilogue eb = {NULL, offset, xsum + b0 * groups, groups};
+          block_tiled(xp + b0 * K, buf, W_F32, 4, &eb, (char *)y + (size_t)b0 * N * (xbf16 ? 2 : 4), xbf16,
+                      B - b0 < CHUNK ? B - b0 : CHUNK, N, K, n0, rows);
+        }
+      }
+      free(buf);
+    }
+  } else {
+    long blocks = (N + ROWS - 1) / ROWS;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (long blk = 0; blk < blocks; blk++) {
+      long n0 = blk * ROWS;
+      int rows = (int)(N - n0 < ROWS ? N - n0 : ROWS);
+      float out[ROWS];
+      dot_rows_int4(xp, w + n0 * (K / 2), scale + n0 * groups, K, G, rows, out);
+      for (int r = 0; r < rows; r++) store(y, 0, n0 + r, N, out[r], xbf16, &e);
+    }
+  }
+  free(xp);
+  free(xsum);
+  return failed;
 }
 """
 
@@ -283,6 +420,9 @@ def _build() -> ctypes.CDLL:
     lib.herd_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                               ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int]
     lib.herd_gemv.restype = ctypes.c_int
+    lib.herd_gemv_int4.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 4 + [
+        ctypes.c_int]
+    lib.herd_gemv_int4.restype = ctypes.c_int
     return lib
 
 
@@ -374,6 +514,50 @@ def cpu_gemv(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
 @cpu_gemv.register_fake
 def _(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _gemv_int4_eager(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group_size: int) -> Tensor:
+    n, half = packed.shape
+    k = 2 * half
+    x = x if x.is_contiguous() else x.contiguous()
+    y = x.new_empty((*x.shape[:-1], n))
+    rows = x.numel() // k
+    work = packed.numel() * rows
+    shape = (n, k, 0, min(rows, 2))  # element size 0: int4
+    threads = _threads.pick(shape, torch.get_num_threads()) if work >= PARALLEL_BYTES else 1
+    start = time.perf_counter()
+    if _library().herd_gemv_int4(x.data_ptr(), _XTYPE[x.dtype], packed.data_ptr(), scale.data_ptr(),
+                                 offset.data_ptr(), y.data_ptr(), rows, n, k, group_size, threads):
+        raise MemoryError("herd_gemv_int4: no memory for its buffers")
+    if threads > 1 or work >= PARALLEL_BYTES:
+        _threads.record(shape, threads, work, time.perf_counter() - start)
+    return y
+
+
+@torch.library.custom_op("herd::cpu_gemv_int4", mutates_args=())
+def cpu_gemv_int4(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group_size: int) -> Tensor:
+    """``x @ w.T`` for a group-wise int4 weight ``w = (q - zero_point) * scale`` (CPU; x fp32
+    or bf16): ``packed`` uint8 [out, in/2] holds ``q + 8``, the even column in the low
+    nibble; ``scale`` and ``offset = (zero_point + 8) * scale`` are fp32 [out, in/group_size];
+    group_size a multiple of 16 dividing in."""
+    n, half = packed.shape
+    k, groups = 2 * half, (2 * half) // max(group_size, 1)
+    if packed.dtype is not torch.uint8 or not packed.is_contiguous():
+        raise ValueError(f"cpu_gemv_int4: packed must be contiguous uint8, got {packed.dtype}")
+    if group_size <= 0 or group_size % 16 or k % group_size:
+        raise ValueError(f"cpu_gemv_int4: group_size {group_size} must be a multiple of 16 dividing {k}")
+    if x.shape[-1] != k:
+        raise ValueError(f"cpu_gemv_int4: x has {x.shape[-1]} features, the weight {k}")
+    for name, t in (("scale", scale), ("offset", offset)):
+        if t.dtype is not torch.float32 or tuple(t.shape) != (n, groups) or not t.is_contiguous():
+            raise ValueError(f"cpu_gemv_int4: {name} must be contiguous fp32 {(n, groups)}, got {t.dtype} "
+                             f"{tuple(t.shape)}")
+    return _gemv_int4_eager(x, packed, scale, offset, group_size)
+
+
+@cpu_gemv_int4.register_fake
+def _(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group_size: int) -> Tensor:
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
 
 
 def handles(x: Tensor, weight: Tensor) -> bool:
