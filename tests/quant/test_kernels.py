@@ -118,6 +118,15 @@ def test_herd_int4_kernel_rows_are_batch_invariant_and_exact(group_size: int) ->
         cpu_gemv_int4(torch.randn(1, 512), mod.qweight, mod.weight_scale, mod._offsets(), 24)
 
 
+def test_int4_tables_follow_a_loaded_state_dict() -> None:
+    # the kernels' scale/zero tables are built on first use; loading new scales must rebuild them
+    a, b = Int4Linear.from_linear(_linear(16, 128, seed=1), 32), Int4Linear.from_linear(_linear(16, 128, seed=2), 32)
+    x = torch.randn(2, 128)
+    a(x)
+    a.load_state_dict(b.state_dict())
+    assert torch.equal(a(x), b(x))
+
+
 def test_fp8_row_quantization_matches_fbgemm_reference() -> None:
     # fbgemm's fp8_row_quantize_ref (gen_ai quantize_test.py): scale = 448 / row_max,
     # xq = (x * scale).to(e4m3), returned scale = 1 / scale; with an upper bound the row max

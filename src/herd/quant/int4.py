@@ -199,6 +199,10 @@ class Int4Linear(QuantizedLinear):
             saz = self.scales_and_zeros = saz.to(dtype)
         return saz
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - nn.Module's signature
+        super()._load_from_state_dict(*args, **kwargs)
+        self.scales_and_zeros = None  # new scales or zero points: the kernels' tables are rebuilt
+
     def _offsets(self) -> Tensor:
         """herd's kernel's table: fp32 (zero_point + 8) * scale [out, in/g]."""
         saz = self.scales_and_zeros
