@@ -191,14 +191,14 @@ static inline void store(void *y, long b, long n, long N, float v, int ybf16, co
 }
 
 /* Rows [n0, n0 + rows) of the output for every input row (wb: weight row n0): NR-row
-   weight tiles against 3 input rows at a time (the tile's weights stay in cache across the
+   weight tiles against 3 input rows at a time (2 + 2 for the last 4) (the tile's weights stay in cache across the
    input rows), the last rows % NR weight rows by dot_rows. */
 static void block_tiled(const float *xf, const void *wb, int wtype, size_t elem, const Epilogue *e, void *y,
                         int ybf16, long B, long N, long K, long n0, long rows) {
   long full = rows - rows % NR;
   float out[3 * NR];
-  for (long b = 0; b < B; b += 3) {
-    int mr = (int)(B - b < 3 ? B - b : 3);
+  for (long b = 0, mr; b < B; b += mr) {
+    mr = B - b == 4 ? 2 : B - b < 3 ? B - b : 3;  /* 4 rows left: 2 + 2, not 3 + a lone row */
     const float *xb = xf + b * K;
     for (long n = n0; n < n0 + full; n += NR) {
       tile(wtype, mr, xb, K, (const char *)wb + (size_t)(n - n0) * K * elem, out);
