@@ -40,6 +40,8 @@ from torch import Tensor
 
 from herd.model.args import ModelArgs
 
+SERIAL_BYTES = 1 << 20  # keys + values a query reads below which attention runs on one thread
+
 
 def attend_each_query(q: Tensor, keys: Tensor, values: Tensor, visible: list[int]) -> Tensor:
     """Attention one query at a time, each over its own visible keys, as a lone decode step
@@ -55,14 +57,25 @@ def attend_each_query(q: Tensor, keys: Tensor, values: Tensor, visible: list[int
     n_kv = keys.shape[1]
     if len(visible) != t:
         raise ValueError(f"attend_each_query: {t} queries but {len(visible)} visible-key counts")
-    out = []
-    for i, n in enumerate(visible):
-        qi, ki, vi = q[:, :, i:i + 1], keys[:, :, :n], values[:, :, :n]
-        if n_heads != n_kv:
-            o = F.scaled_dot_product_attention(qi.reshape(1, n_kv, n_heads // n_kv, hd), ki, vi)
-            out.append(o.reshape(1, n_heads, 1, hd))
-        else:
-            out.append(F.scaled_dot_product_attention(qi, ki, vi))
+    # A short context is microseconds of work: split over threads, each call would wait on an
+    # OpenMP fork and join (and for milliseconds when another process holds a core). Each
+    # query's result does not depend on the thread count (SDPA hands out whole heads).
+    threads = torch.get_num_threads()
+    serial = threads > 1 and keys.is_cpu and 2 * max(visible) * n_kv * hd * keys.element_size() < SERIAL_BYTES
+    if serial:
+        torch.set_num_threads(1)
+    try:
+        out = []
+        for i, n in enumerate(visible):
+            qi, ki, vi = q[:, :, i:i + 1], keys[:, :, :n], values[:, :, :n]
+            if n_heads != n_kv:
+                o = F.scaled_dot_product_attention(qi.reshape(1, n_kv, n_heads // n_kv, hd), ki, vi)
+                out.append(o.reshape(1, n_heads, 1, hd))
+            else:
+                out.append(F.scaled_dot_product_attention(qi, ki, vi))
+    finally:
+        if serial:
+            torch.set_num_threads(threads)
     return out[0] if t == 1 else torch.cat(out, dim=2)
 
 
