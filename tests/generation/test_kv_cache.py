@@ -88,6 +88,33 @@ def test_bf16_a_token_gets_the_same_bits_in_a_prefill_a_chunk_or_alone():
         assert torch.equal(run(chunks), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_query_attention_does_not_depend_on_threads(dtype, monkeypatch):
+    """Short contexts run on one thread, long ones on all: batch invariance needs a query's
+    result to be the same either way."""
+    from herd.generation import kv_cache
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 8, 5, 32, generator=g).to(dtype)
+    k, v = (torch.randn(1, 2, 1500, 32, generator=g).to(dtype) for _ in range(2))
+    visible = [10, 300, 700, 1499, 1500]
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for serial_bytes in (1 << 40, 0):  # everything on one thread / on all
+                monkeypatch.setattr(kv_cache, "SERIAL_BYTES", serial_bytes)
+                outs.append(kv_cache.attend_each_query(q, k, v, visible))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    kf, vf = (t[:, :, :700].float().repeat_interleave(4, dim=1) for t in (k, v))  # query head h reads kv h // 4
+    want = torch.nn.functional.scaled_dot_product_attention(q[:, :, 2:3].float(), kf, vf)
+    torch.testing.assert_close(outs[0][:, :, 2:3].float(), want, atol=2e-2 if dtype is torch.bfloat16 else 1e-5,
+                               rtol=0)
+
+
 def test_slice_writes_equal_scattered_writes(tiny):
     """``start`` (every row at start, start+1, ...) writes a slice; the result is the same."""
     ids = torch.randint(0, 128256, (2, 9), generator=torch.Generator().manual_seed(5))
