@@ -1,7 +1,7 @@
-"""Quantization: int8 / int4 (RTN, GPTQ) weight-only and Llama 3.1's FP8 row-wise, as module swaps.
+"""Quantization: int8 / int4 (RTN, GPTQ, HQQ) weight-only and Llama 3.1's FP8 row-wise, as module swaps.
 
     from herd.quant import quantize, save_quantized, load_quantized
-    quantize(model, "int4-gptq", calibration=batches)   # or "int8", "int4-g64", "fp8"
+    quantize(model, "int4-gptq", calibration=batches)   # or "int8", "int4-g64", "int4-hqq", "fp8"
     save_quantized(model, "out", tokenizer=tok)         # compressed-tensors / fbgemm_fp8 layouts
     model = load_quantized("out")                       # also via herd.checkpoint.load_any
 """

@@ -15,8 +15,8 @@ def register(app: typer.Typer) -> None:
     def quantize(
         model: Annotated[Path, typer.Option("--model", "-m", help="Model directory (HF or Meta layout).")],
         scheme: Annotated[str, typer.Option(
-            help="int8 | int4 | int4-g32 | int4-g64 | int4-gptq[-gNN] | int4-gptq-act[-gNN] (act-order) | fp8 "
-                 "(Llama 3.1 FP8 row-wise).")],
+            help="int8 | int4 | int4-g32 | int4-g64 | int4-gptq[-gNN] | int4-gptq-act[-gNN] (act-order) | "
+                 "int4-hqq[-gNN] (no calibration) | fp8 (Llama 3.1 FP8 row-wise).")],
         out: Annotated[Path, typer.Option(help="Output directory (compressed-tensors or fbgemm_fp8 layout).")],
         calibration: Annotated[Path | None, typer.Option(
             help="Text for GPTQ: .txt, or .jsonl/.jsonl.gz with a text field.")] = None,
@@ -35,12 +35,13 @@ def register(app: typer.Typer) -> None:
         from herd.quant import QuantScheme, model_bytes, save_quantized
         from herd.quant import quantize as run_quantize
         from herd.quant.calibration import batches, read_texts, token_rows
+        from herd.quant.quantize import CALIBRATED
 
         try:
             parsed = QuantScheme.parse(scheme)
         except ValueError as e:
             raise _fail(str(e)) from None
-        if parsed.method != "rtn" and calibration is None:
+        if parsed.method in CALIBRATED and calibration is None:
             raise _fail(f"--scheme {scheme} needs --calibration TEXT_FILE")
         if layout not in ("hf", "meta"):
             raise _fail(f"--layout {layout!r}: expected hf or meta")
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
         try:
             before = sum(p.numel() for p in net.parameters()) * 2  # bf16
             data = None
-            if parsed.method != "rtn":
+            if parsed.method in CALIBRATED:
                 rows = token_rows(tokenizer, read_texts(calibration), calibration_rows, calibration_len)
                 data = batches(rows, 8)
             with console.status(f"Quantizing to {parsed.name} …"):

@@ -7,6 +7,9 @@ schemes, as ``--scheme`` spells them:
 - ``int4`` / ``int4-g32`` / ``int4-g64`` / ``int4-g128``: int4 weight-only, group-wise,
   round-to-nearest (group 128 by default), every linear of every block.
 - ``int4-gptq`` (``-g32`` …): the same weights chosen by GPTQ on calibration tokens.
+- ``int4-hqq`` (``-g32`` …): the same weights, each group's scale and integer zero point
+  chosen by HQQ (``herd.quant.hqq``) to minimise the lp norm of its weight error: no
+  calibration data.
 - ``fp8``: Llama 3.1 405B's FP8 row-wise scheme — the feed-forward projections of every
   layer but the first and the last, dynamic per-token activation scales clamped at 1200.
 
@@ -27,10 +30,11 @@ from herd.quant.fp8 import ACTIVATION_SCALE_UB, Fp8RowwiseLinear
 from herd.quant.int4 import GROUP_SIZES, Int4Linear
 from herd.quant.int8 import Int8Linear
 
-_SCHEME = re.compile(r"^(?:(int8)|(int4)(?:-(rtn|gptq-act|gptq))?(?:-g(\d+))?|(fp8)(?:-rowwise)?)$")
+_SCHEME = re.compile(r"^(?:(int8)|(int4)(?:-(rtn|gptq-act|gptq|hqq))?(?:-g(\d+))?|(fp8)(?:-rowwise)?)$")
 SCHEMES = ("int8", "int4", "int4-g32", "int4-g64", "int4-gptq", "int4-gptq-g32", "int4-gptq-g64", "int4-gptq-act",
-           "fp8")
-METHODS = ("rtn", "gptq", "gptq-act")  # gptq-act: GPTQ in descending Hessian-diagonal order, static groups
+           "int4-hqq", "int4-hqq-g32", "int4-hqq-g64", "fp8")
+METHODS = ("rtn", "gptq", "gptq-act", "hqq")  # gptq-act: GPTQ in descending Hessian-diagonal order, static groups
+CALIBRATED = ("gptq", "gptq-act")  # the methods that need calibration tokens
 FFN_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -49,7 +53,7 @@ class QuantScheme:
         if self.kind == "int4" and self.group_size not in GROUP_SIZES:
             raise ValueError(f"int4 group_size must be one of {GROUP_SIZES}, got {self.group_size}")
         if self.method not in METHODS or (self.method != "rtn" and self.kind != "int4"):
-            raise ValueError(f"method {self.method!r} is not available for {self.kind}; GPTQ is int4-only")
+            raise ValueError(f"method {self.method!r} is not available for {self.kind}; GPTQ and HQQ are int4-only")
 
     @classmethod
     def parse(cls, text: str | QuantScheme) -> QuantScheme:
@@ -95,19 +99,29 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 def quantize(model: nn.Module, scheme: str | QuantScheme, *, calibration: Iterable[Tensor] | None = None
              ) -> nn.Module:
     """Quantize a herd ``Transformer`` in place (and return it). ``calibration`` (token
-    batches (B, T)) is needed by GPTQ only. The scheme is recorded as ``model.quant_scheme``
-    for saving."""
+    batches (B, T)) is needed by GPTQ only (HQQ needs none). The scheme is recorded as
+    ``model.quant_scheme`` for saving."""
     scheme = QuantScheme.parse(scheme)
     if getattr(model, "quant_scheme", None) is not None:
         raise ValueError(f"the model is already quantized ({model.quant_scheme.name})")
     names = target_linears(model, scheme)
-    if scheme.method != "rtn":
+    if scheme.method in CALIBRATED:
         if calibration is None:
             raise ValueError(f"{scheme.name} needs calibration token batches (calibration=...)")
         from herd.quant.gptq import gptq_model
 
         skip = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)} - set(names)
         gptq_model(model, calibration, scheme.group_size, skip=skip, act_order=scheme.method == "gptq-act")
+    elif scheme.method == "hqq":
+        from herd.quant.hqq import quantize_int4_hqq_many
+
+        linears = {name: model.get_submodule(name) for name in names}
+        for name, linear in linears.items():
+            if linear.bias is not None:
+                raise ValueError(f"{name}: int4 quantizes bias-free linears only (Llama has no biases)")
+        quantized = quantize_int4_hqq_many({n: m.weight for n, m in linears.items()}, scheme.group_size)
+        for name, (q, scale, zero_point) in quantized.items():
+            _swap(model, name, Int4Linear.from_quantized(q, scale, zero_point, scheme.group_size))
     else:
         for name in names:
             linear = model.get_submodule(name)
