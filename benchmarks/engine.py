@@ -73,6 +73,7 @@ TARGET_VS_TRANSFORMERS = 2.0
 TARGET_CONCURRENCY = 6.0
 TARGET_SPECULATIVE = 1.0
 TARGET_VS_LLAMA_CPP = 0.8
+STEP_GB: dict[str, float] = {}  # GB a decode step reads, for runs whose weights are not the model's own
 
 
 def parse_args() -> argparse.Namespace:
@@ -143,6 +144,7 @@ def llama_cpp_runner(model: Transformer, tokenizer, file_type: str, workdir: Pat
     t = time.perf_counter()
     path = export_gguf(model, workdir / f"model-{file_type}.gguf", tokenizer, file_type=file_type)
     print(f"exported {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s")
+    STEP_GB[f"llama.cpp-{file_type}"] = path.stat().st_size / 1e9  # ~ what a step reads (tied table once)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + max_new + 16, n_batch=max(512, len(prompt)),
                           n_threads=threads, n_threads_batch=threads, verbose=False)
     n_vocab = llm.n_vocab()
@@ -260,6 +262,9 @@ def main() -> None:
             from herd.quant import quantize
 
             int8 = quantize(copy.deepcopy(model), "int8")
+            STEP_GB["engine-int8"] = weight_bytes_per_token(model) / 1e9 - sum(
+                m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)
+            ) * (model.lm_head.weight.element_size() - 1) / 1e9  # block linears at one byte a weight
             runs["engine-int8"] = herd_runner(Engine(int8, num_blocks=-(-per_request // 16) + 1, block_size=16,
                                                      max_batched_tokens=max(256, opts.prompt_len)),
                                               prompts[:1], device)
@@ -279,9 +284,9 @@ def main() -> None:
         raise SystemExit("N new tokens took no longer than one: too few tokens to time, raise --new-tokens")
     peer_name = max(("transformers-dynamic", "transformers-static"), key=lambda k: result[k].decode_tok_s)
     same = result["engine"].tokens == result[peer_name].tokens
-    print(f"\n{'batch-1 run':<24} {'decode tok/s':>12} {'GB/s':>7}")
+    print(f"\n{'batch-1 run':<24} {'decode tok/s':>12} {'GB/s':>7}  (weights a step reads x steps/s)")
     for label, r in result.items():
-        print(f"{label:<24} {r.decode_tok_s:>12.2f} {r.decode_tok_s * gbytes:>7.1f}")
+        print(f"{label:<24} {r.decode_tok_s:>12.2f} {r.decode_tok_s * STEP_GB.get(label, gbytes):>7.1f}")
     print(f"engine greedy tokens identical to {peer_name}: {same}")
     for label in ("llama.cpp-f16", "llama.cpp-q8_0"):
         if label in result:  # F16 rounds bf16 weights again: a near-tie may go the other way
