@@ -12,7 +12,10 @@ number of tokens (no stop tokens).
   and static caches is faster;
 * concurrency: 16 requests (prompts of ``--prompt-len``, N new tokens each) submitted
   together to one Engine, wall time from submission to the last completion, against the
-  same 16 run one at a time (16 x the batch-1 time of a whole request: prefill + N tokens);
+  same 16 run one at a time (16 x the batch-1 time of a whole request: prefill + N tokens).
+  The engine runs without prefix caching: the runs repeat the same prompts, and with it a
+  repeat would find every prompt already computed (on both sides: the comparison would be
+  of decoding alone, which ``engine_16_row_decode_step_vs_batch1_decode`` reports);
 * speculative: ``SpeculativeGenerator`` against plain greedy ``Generator`` decoding, same
   N tokens (asserted identical). The draft is the target's first ``--draft-layers`` layers
   with its embeddings, final norm and head (a layer-skip draft sharing the target's
@@ -246,7 +249,7 @@ def main() -> None:
     n = opts.new_tokens
     per_request = opts.prompt_len + n
     engine = Engine(model, num_blocks=-(-per_request * opts.concurrent // 16) + opts.concurrent, block_size=16,
-                    max_batched_tokens=max(256, opts.prompt_len))
+                    max_batched_tokens=max(256, opts.prompt_len), prefix_caching=False)  # every run prefills
 
     # 1. batch-1 decode: engine, Generator, transformers (both caches), llama.cpp (same weights as GGUF)
     skip_llama_cpp = llama_cpp_skip_reason(opts, device)
