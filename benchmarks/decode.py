@@ -116,6 +116,21 @@ def weight_bytes_per_token(model: Transformer) -> int:
     return params * per
 
 
+def bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes one decode step reads: every persistent tensor once (tied ones once), except an
+    embedding table that is not also the LM head (one row of it is looked up)."""
+    embed = model.model.embed_tokens.weight
+    tied = embed.data_ptr() == model.lm_head.weight.data_ptr()
+    seen, total = set(), 0
+    for t in model.state_dict(keep_vars=True).values():
+        key = t.data_ptr()
+        if key in seen or (t is embed and not tied):
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
 # ------------------------------------------------------------------ timing
 
 

@@ -59,6 +59,7 @@ from decode import (  # noqa: E402  (the decode benchmark's model builders and t
     DTYPES,
     build_herd,
     build_hf_twin,
+    bytes_per_step,
     herd_runner,
     hf_runner,
     measure,
@@ -265,9 +266,7 @@ def main() -> None:
             from herd.quant import quantize
 
             int8 = quantize(copy.deepcopy(model), "int8")
-            STEP_GB["engine-int8"] = weight_bytes_per_token(model) / 1e9 - sum(
-                m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)
-            ) * (model.lm_head.weight.element_size() - 1) / 1e9  # block linears at one byte a weight
+            STEP_GB["engine-int8"] = bytes_per_step(int8) / 1e9
             runs["engine-int8"] = herd_runner(Engine(int8, num_blocks=-(-per_request // 16) + 1, block_size=16,
                                                      max_batched_tokens=max(256, opts.prompt_len)),
                                               prompts[:1], device)

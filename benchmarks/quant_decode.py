@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import build_herd, herd_runner, measure  # noqa: E402
+from decode import build_herd, bytes_per_step, herd_runner, measure  # noqa: E402
 from engine import read_bandwidth_gbs  # noqa: E402
 
 from herd.generation import Generator  # noqa: E402
@@ -80,21 +80,6 @@ def build(preset: str, seed: int, device: torch.device) -> Transformer:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.init_weights(generator=torch.Generator(device).manual_seed(seed))
     return model.eval()
-
-
-def bytes_per_step(model: torch.nn.Module) -> int:
-    """Bytes one decode step reads: every persistent tensor once (tied ones once), except an
-    embedding table that is not also the LM head (one row of it is looked up)."""
-    embed = model.model.embed_tokens.weight
-    tied = embed.data_ptr() == model.lm_head.weight.data_ptr()
-    seen, total = set(), 0
-    for t in model.state_dict(keep_vars=True).values():
-        key = t.data_ptr()
-        if key in seen or (t is embed and not tied):
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
 
 
 def main() -> None:

@@ -330,7 +330,7 @@ static void dequantize_int4_rows(const uint8_t *w, const float *scale, long K, l
 /* y (B, N) = x (B, K) @ dequantized(w)^T for int4 weights (see above); K a multiple of G,
    G a multiple of 16. Returns 1 when out of memory. */
 int herd_gemv_int4(const void *x, int xbf16, const uint8_t *w, const float *scale, const float *offset,
-                   void *y, long B, long N, long K, long G, int threads) {
+                   long G, void *y, long B, long N, long K, int threads) {
   long groups = K / G;
   float *xp = (float *)malloc(sizeof(float) * B * K), *xsum = (float *)malloc(sizeof(float) * B * groups);
   if (!xp || !xsum) { free(xp); free(xsum); return 1; }
@@ -420,8 +420,8 @@ def _build() -> ctypes.CDLL:
     lib.herd_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                               ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int]
     lib.herd_gemv.restype = ctypes.c_int
-    lib.herd_gemv_int4.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 4 + [
-        ctypes.c_int]
+    lib.herd_gemv_int4.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_long] + [
+        ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_int]
     lib.herd_gemv_int4.restype = ctypes.c_int
     return lib
 
@@ -478,23 +478,29 @@ _XTYPE = {torch.float32: 0, torch.bfloat16: 1}  # activations (and outputs): is 
 _WTYPE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # the kernel's weight element types
 
 
-def _gemv_eager(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
-    n, k = weight.shape
+def _run(kernel, x: Tensor, n: int, k: int, weight_bytes: int, tag: int, *args) -> Tensor:  # noqa: ANN001
+    """``kernel(x, xtype, *args, y, rows, n, k, ..., threads)`` into a new y (x's rows, n
+    columns), on the thread count ``_threads`` picks for this shape; ``tag`` tells weight
+    types apart in its records."""
     x = x if x.is_contiguous() else x.contiguous()
     y = x.new_empty((*x.shape[:-1], n))
     rows = x.numel() // k
     # the work: one row reads every weight once, r rows do r times the arithmetic on them
-    work = weight.numel() * weight.element_size() * rows
-    shape = (n, k, weight.element_size(), min(rows, 2))  # memory- and compute-bound keep separate records
+    work = weight_bytes * rows
+    shape = (n, k, tag, min(rows, 2))  # memory- and compute-bound keep separate records
     threads = _threads.pick(shape, torch.get_num_threads()) if work >= PARALLEL_BYTES else 1
     start = time.perf_counter()
-    scale_ptr = None if scale is None else scale.data_ptr()
-    if _library().herd_gemv(x.data_ptr(), _XTYPE[x.dtype], weight.data_ptr(), _WTYPE[weight.dtype], scale_ptr,
-                            y.data_ptr(), rows, n, k, threads):
-        raise MemoryError("herd_gemv: no memory for the fp32 copy of its input")
+    if kernel(x.data_ptr(), _XTYPE[x.dtype], *args, y.data_ptr(), rows, n, k, threads):
+        raise MemoryError(f"{kernel.__name__}: no memory for its buffers")
     if threads > 1 or work >= PARALLEL_BYTES:
         _threads.record(shape, threads, work, time.perf_counter() - start)
     return y
+
+
+def _gemv_eager(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
+    n, k = weight.shape
+    return _run(_library().herd_gemv, x, n, k, weight.numel() * weight.element_size(), weight.element_size(),
+                weight.data_ptr(), _WTYPE[weight.dtype], None if scale is None else scale.data_ptr())
 
 
 @torch.library.custom_op("herd::cpu_gemv", mutates_args=())
@@ -518,20 +524,8 @@ def _(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
 
 def _gemv_int4_eager(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group_size: int) -> Tensor:
     n, half = packed.shape
-    k = 2 * half
-    x = x if x.is_contiguous() else x.contiguous()
-    y = x.new_empty((*x.shape[:-1], n))
-    rows = x.numel() // k
-    work = packed.numel() * rows
-    shape = (n, k, 0, min(rows, 2))  # element size 0: int4
-    threads = _threads.pick(shape, torch.get_num_threads()) if work >= PARALLEL_BYTES else 1
-    start = time.perf_counter()
-    if _library().herd_gemv_int4(x.data_ptr(), _XTYPE[x.dtype], packed.data_ptr(), scale.data_ptr(),
-                                 offset.data_ptr(), y.data_ptr(), rows, n, k, group_size, threads):
-        raise MemoryError("herd_gemv_int4: no memory for its buffers")
-    if threads > 1 or work >= PARALLEL_BYTES:
-        _threads.record(shape, threads, work, time.perf_counter() - start)
-    return y
+    return _run(_library().herd_gemv_int4, x, n, 2 * half, packed.numel(), 0,  # tag 0: int4
+                packed.data_ptr(), scale.data_ptr(), offset.data_ptr(), group_size)
 
 
 @torch.library.custom_op("herd::cpu_gemv_int4", mutates_args=())
