@@ -70,6 +70,21 @@ def test_quantized_logits_stay_close_and_memory_shrinks(reference: nn.Module, sc
     assert blocks(q_model) < max_ratio * blocks(ref_model)
 
 
+@pytest.mark.slow  # torch.compile: ~20 s on 2 cores
+@pytest.mark.parametrize("scheme", ["int8", "int4-g32"])
+def test_quantized_model_compiles_and_decodes_like_eager(reference: nn.Module, scheme: str) -> None:
+    """A compiled decode step traces the quantized linears' kernel choice (herd's CPU kernel
+    or not) as a constant; in fp32 its greedy tokens are the eager ones."""
+    from herd.generation import Generator, SamplingParams
+
+    model = quantize(copy.deepcopy(reference), scheme)
+    prompts, params = [[1, 5, 9, 200, 31], [7, 8]], SamplingParams(temperature=0, max_new_tokens=12,
+                                                                     stop_token_ids=())
+    eager = [c.token_ids for c in Generator(model).generate(prompts, params)]
+    compiled = [c.token_ids for c in Generator(model, compile=True).generate(prompts, params)]
+    assert compiled == eager
+
+
 def test_gptq_beats_round_to_nearest_on_correlated_inputs() -> None:
     # the property GPTQ is for: a smaller output error on the layer's real inputs
     torch.manual_seed(0)
