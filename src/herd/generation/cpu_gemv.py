@@ -64,9 +64,7 @@ _SOURCE = r"""
 #include <string.h>
 
 #define ROWS 8
-#ifndef SHORT_ROW
 #define SHORT_ROW 4096  /* bytes: rows this short are prefetched a block ahead */
-#endif
 enum { W_F32 = 0, W_BF16 = 1, W_INT8 = 2 };  /* the weight's element type */
 
 static inline float hsum(__m256 v) {
