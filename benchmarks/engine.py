@@ -27,7 +27,8 @@ number of tokens (no stop tokens).
 
 * llama.cpp (the peer for batch-1 decode at the same precision): the same weights exported
   with ``herd.checkpoint.gguf.export_gguf`` (F16 against herd's bf16 or fp16: both two
-  bytes a weight; ``--llama-cpp-q8`` adds Q8_0 against herd's int8 weight-only model) and
+  bytes a weight; ``--llama-cpp-q8`` adds Q8_0 against herd's ``int8+lm_head`` model: int8
+  weight-only with the LM head quantized too, as Q8_0 quantizes token_embd, the head) and
   run by llama-cpp-python on ``--threads`` threads, greedy one token at a time, timed like
   the others (N new tokens minus the first) in the same rounds. The GGUF carries the
   Llama 3 tokenizer (llama-models' tokenizer.model, or ``--tokenizer``). llama-cpp-python
@@ -99,7 +100,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--llama-cpp", action=argparse.BooleanOptionalAction, default=True,
                    help="time llama.cpp (llama-cpp-python) on the same weights exported as GGUF F16")
     p.add_argument("--llama-cpp-q8", action="store_true",
-                   help="also llama.cpp Q8_0 against herd's int8 weight-only model (slow to export)")
+                   help="also llama.cpp Q8_0 against herd's int8+lm_head model (slow to export)")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model for the GGUF (default: llama-models' "
                    "Llama 3 tokenizer)")
     return p.parse_args()
@@ -265,7 +266,7 @@ def main() -> None:
 
             from herd.quant import quantize
 
-            int8 = quantize(copy.deepcopy(model), "int8")
+            int8 = quantize(copy.deepcopy(model), "int8+lm_head")  # Q8_0 quantizes the (tied) head too
             STEP_GB["engine-int8"] = bytes_per_step(int8) / 1e9
             runs["engine-int8"] = herd_runner(Engine(int8, num_blocks=-(-per_request // 16) + 1, block_size=16,
                                                      max_batched_tokens=max(256, opts.prompt_len)),

@@ -1,6 +1,7 @@
 """Quantization error and memory: perplexity of a herd-trained model on held-out text for
-bf16, FP8 row-wise, int8, int4 round-to-nearest, int4 GPTQ (columns in order, and in
-act-order with static groups) and int4 HQQ (no calibration data), plus the bytes of each.
+bf16, FP8 row-wise, int8 (and int8 with the LM head too, ``int8+lm_head``), int4
+round-to-nearest, int4 GPTQ (columns in order, and in act-order with static groups) and
+int4 HQQ (no calibration data), plus the bytes of each.
 
 Every variant is quantized from the same fp32 weights and evaluated on the same held-out
 windows (never seen in training or calibration); perplexity is exp(mean next-token NLL)
@@ -87,7 +88,8 @@ def main() -> None:
           f"{a.calibration.name}: {a.calibration_rows} x {a.seq_len} tokens; int4 group {a.group_size}; "
           f"{a.threads} threads; fp32 then bf16 activations; bytes as deployed (bf16 non-quantized tensors)")
     g = a.group_size
-    variants = {"fp32": None, "bf16": None, "fp8": "fp8", "int8": "int8", "int4-rtn": f"int4-g{g}",
+    variants = {"fp32": None, "bf16": None, "fp8": "fp8", "int8": "int8", "int8+head": "int8+lm_head",
+                "int4-rtn": f"int4-g{g}",
                 "int4-gptq": f"int4-gptq-g{g}", "int4-gptq-act": f"int4-gptq-act-g{g}", "int4-hqq": f"int4-hqq-g{g}"}
     results, ref = {}, None
     for name, scheme in variants.items():
@@ -114,7 +116,7 @@ def main() -> None:
     def rel(name: str, key: str = "ppl") -> float:
         return 100.0 * (results[name][key] / results["bf16"][key] - 1.0)
 
-    for name in ("fp8", "int8", "int4-rtn", "int4-gptq", "int4-gptq-act", "int4-hqq"):
+    for name in ("fp8", "int8", "int8+head", "int4-rtn", "int4-gptq", "int4-gptq-act", "int4-hqq"):
         ratio = results[name]["linears"] / results["bf16"]["linears"]
         print(f"{name:10s} ppl {rel(name):+7.3f} % vs bf16 (bf16 activations: {rel(name, 'ppl16'):+7.3f} %), "
               f"block linears {ratio:.3f}x of bf16's bytes")
@@ -122,6 +124,7 @@ def main() -> None:
     figures = [
         ("fp8_ppl_increase_vs_bf16", rel("fp8"), 1.0),
         ("int8_ppl_increase_vs_bf16", rel("int8"), 1.0),
+        ("int8_lm_head_ppl_increase_vs_bf16", rel("int8+head"), 1.0),
         ("int4_gptq_ppl_increase_vs_bf16", rel("int4-gptq"), 5.0),
     ]
     for name, value, target in figures:

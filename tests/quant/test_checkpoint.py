@@ -24,16 +24,21 @@ def reference() -> nn.Module:
 
 
 def _quantized_dir(reference: nn.Module, scheme: str, tmp_path, tied: bool = False):
-    model = quantize(copy.deepcopy(reference), scheme)
+    source = small_model(vocab_size=256, tied=True) if tied else reference
+    model = quantize(copy.deepcopy(source), scheme)
     save_quantized(model, tmp_path / scheme, dtype=torch.float32)
     return model, tmp_path / scheme
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4-g32", "int4-g128", "fp8"])
-def test_round_trip_gives_identical_logits(reference: nn.Module, scheme: str, tmp_path) -> None:
-    model, path = _quantized_dir(reference, scheme, tmp_path)
+@pytest.mark.parametrize("scheme,tied", [("int8", False), ("int4-g32", False), ("int4-g128", False), ("fp8", False),
+                                         ("int8+lm_head", True), ("int4-g32+lm_head", False)])
+def test_round_trip_gives_identical_logits(reference: nn.Module, scheme: str, tied: bool, tmp_path) -> None:
+    model, path = _quantized_dir(reference, scheme, tmp_path, tied)
     loaded = load_any(path)  # herd's loader detects the quantized layout
     assert loaded.quant_scheme == model.quant_scheme
+    if tied:  # the quantized head is its own matrix: the checkpoint says untied, and holds it
+        assert json.loads((path / "config.json").read_text())["tie_word_embeddings"] is False
+        assert not loaded.args.tie_word_embeddings and isinstance(loaded.lm_head, Int8Linear)
     tokens = calibration_tokens(256, rows=2, seq_len=12)
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
@@ -52,7 +57,7 @@ def test_pack_int32_matches_compressed_tensors() -> None:
             assert torch.equal(unpack_from_int32(ours, bits, q.shape, packed_dim=dim), q)
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4-g64"])
+@pytest.mark.parametrize("scheme", ["int8", "int4-g64", "int8+lm_head"])
 def test_compressed_tensors_reads_what_herd_writes(reference: nn.Module, scheme: str, tmp_path) -> None:
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
     from compressed_tensors.quantization import QuantizationConfig
@@ -61,7 +66,7 @@ def test_compressed_tensors_reads_what_herd_writes(reference: nn.Module, scheme:
     model, path = _quantized_dir(reference, scheme, tmp_path)
     qc = json.loads((path / "config.json").read_text())["quantization_config"]
     parsed = QuantizationConfig.model_validate(qc)  # the package's own schema
-    assert parsed.format == "pack-quantized" and parsed.ignore == ["lm_head"]
+    assert parsed.format == "pack-quantized" and parsed.ignore == ([] if scheme.endswith("+lm_head") else ["lm_head"])
     scheme_ct = parsed.config_groups["group_0"]
     tensors = load_file(path / "model.safetensors")
     for name, module in model.named_modules():
@@ -114,10 +119,12 @@ def test_herd_reads_what_compressed_tensors_writes(tmp_path) -> None:
         assert torch.equal(module.dequantize(), weight.float()), name
 
 
-def test_transformers_with_compressed_tensors_matches_herd_int8(reference: nn.Module, tmp_path) -> None:
+@pytest.mark.parametrize("scheme,tied", [("int8", False), ("int8+lm_head", True)])
+def test_transformers_with_compressed_tensors_matches_herd_int8(reference: nn.Module, scheme: str, tied: bool,
+                                                                tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
-    model, path = _quantized_dir(reference, "int8", tmp_path)
+    model, path = _quantized_dir(reference, scheme, tmp_path, tied)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokens = calibration_tokens(256, rows=1, seq_len=10)
     with torch.no_grad():

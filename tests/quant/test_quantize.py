@@ -21,9 +21,15 @@ def test_scheme_names_parse() -> None:
     assert QuantScheme.parse("INT4-GPTQ-G64") == QuantScheme("int4", group_size=64, method="gptq")
     assert QuantScheme.parse("fp8").kind == "fp8"
     assert QuantScheme.parse("int4-gptq").name == "int4-gptq-g128"
-    for bad in ("int3", "int4-g48", "fp8-gptq", "int8-gptq"):
+    for bad in ("int3", "int4-g48", "fp8-gptq", "int8-gptq", "int8+lm-head", "int8+lm_head+lm_head"):
         with pytest.raises(ValueError, match="scheme|group_size"):
             QuantScheme.parse(bad)
+    assert QuantScheme.parse("int8+lm_head") == QuantScheme("int8", lm_head=True)
+    for name in ("int8+lm_head", "int4-g32+lm_head", "int4-hqq-g64+lm_head"):
+        assert QuantScheme.parse(name).name == name and QuantScheme.parse(name).lm_head
+    for calibrated_or_fp8 in ("fp8+lm_head", "int4-gptq+lm_head", "int4-gptq-act-g32+lm_head"):
+        with pytest.raises(ValueError, match="leaves the LM head unquantized"):
+            QuantScheme.parse(calibrated_or_fp8)
 
 
 def _kinds(model: nn.Module) -> dict[str, str]:
@@ -54,6 +60,32 @@ def test_weight_only_schemes_convert_every_block_linear(reference: nn.Module, sc
 @pytest.fixture(scope="module")
 def reference() -> nn.Module:
     return small_model(vocab_size=256)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("scheme,cls,rel_tol", [("int8+lm_head", Int8Linear, 0.02),
+                                                ("int4-g32+lm_head", Int4Linear, 0.2),
+                                                ("int4-hqq-g32+lm_head", Int4Linear, 0.2)])
+def test_lm_head_scheme_quantizes_the_head_and_unties_it(scheme: str, cls: type, rel_tol: float, tied: bool) -> None:
+    ref_model = small_model(vocab_size=2304, tied=tied)  # a head wider than the blocks, as in Llama
+    embed = ref_model.model.embed_tokens.weight.detach().clone()
+    tokens = calibration_tokens(2304, rows=2, seq_len=16)
+    with torch.no_grad():
+        ref = ref_model(tokens)
+        body_only = quantize(copy.deepcopy(ref_model), scheme.removesuffix("+lm_head"))
+        model = quantize(copy.deepcopy(ref_model), scheme)
+        got = model(tokens)
+    kinds = _kinds(model)
+    assert kinds["lm_head"] == cls.__name__ and len(kinds) == 4 * 7 + 1 and set(kinds.values()) == {cls.__name__}
+    assert model.quant_scheme.lm_head and not model.args.tie_word_embeddings
+    assert ref_model.args.tie_word_embeddings == tied  # the source model's args are not touched
+    assert torch.equal(model.model.embed_tokens.weight, embed)  # the lookup table keeps the model's dtype
+    assert (got - ref).norm() < rel_tol * ref.norm()
+    if tied:  # the quantized head is a new matrix beside the fp32 table the two shared
+        assert model_bytes(model) > model_bytes(body_only)
+    else:  # fp32 -> int8 or int4 saves ~3 bytes a weight (less scales, zero points, the kernel's tables)
+        head = ref_model.args.vocab_size * ref_model.args.dim
+        assert model_bytes(body_only) - model_bytes(model) > 2.5 * head
 
 
 @pytest.mark.parametrize("scheme,rel_tol,max_ratio", [("int8", 0.02, 0.6), ("int4-g32", 0.2, 0.35), ("fp8", 0.03, 0.9)])
@@ -131,3 +163,20 @@ def test_gptq_model_quantizes_every_block_and_needs_data() -> None:
     kinds = _kinds(model)
     assert sum(k == "Int4Linear" for k in kinds.values()) == 2 * 7 and kinds["lm_head"] == "Linear"
     assert model.quant_scheme.method == "gptq"
+
+
+def test_engine_and_generator_run_a_model_with_a_quantized_head() -> None:
+    """With the head in int8, the compute dtype comes from the embedding (the head's weight
+    is int8); batched engine outputs still equal each request run alone in bf16."""
+    from herd.engine import Engine
+    from herd.generation import Generator, SamplingParams
+
+    model = quantize(small_model(vocab_size=2304, tied=True).to(torch.bfloat16), "int8+lm_head")
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 2304, (n,), generator=g).tolist() for n in (3, 17, 40, 9, 26, 1)]
+    params = SamplingParams(temperature=0, max_new_tokens=10, stop_token_ids=())
+    alone = [Generator(model).generate([p], params)[0].token_ids for p in prompts]
+    engine = Engine(model, num_blocks=64, block_size=8, max_batched_tokens=32)
+    got = engine.generate(prompts, params)
+    assert [c.token_ids for c in got] == alone and engine.stats.max_batch > 1
+    assert engine.dtype == torch.bfloat16 and model.lm_head.weight.dtype == torch.int8

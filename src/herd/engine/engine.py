@@ -96,7 +96,7 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.args = model.args
-        weight = model.lm_head.weight
+        weight = model.model.embed_tokens.weight  # the compute dtype (a quantized LM head holds int8)
         self.device, self.dtype = weight.device, weight.dtype
         self.memory: ServingMemory = estimate_serving_memory(
             self.args, self.dtype, budget=memory, block_size=block_size, weight_bytes=model_weight_bytes(model),

@@ -85,7 +85,7 @@ class Generator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.args = model.args
-        weight = model.lm_head.weight
+        weight = model.model.embed_tokens.weight  # the compute dtype (a quantized LM head holds int8)
         self.device, self.dtype = weight.device, weight.dtype
         self.compile = compile
         compile_mode = compile_mode or "default"

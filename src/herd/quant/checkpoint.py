@@ -10,6 +10,7 @@ rest load as in ``herd.checkpoint.hf``. ``herd.checkpoint.load_any`` comes here 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -117,10 +118,11 @@ def _scheme_of(modules: dict[str, QuantizedLinear]) -> QuantScheme:
     from herd.quant.int8 import Int8Linear
 
     m = next(iter(modules.values()))
+    head = "lm_head" in modules
     if isinstance(m, Int8Linear):
-        return QuantScheme("int8")
+        return QuantScheme("int8", lm_head=head)
     if isinstance(m, Int4Linear):
-        return QuantScheme("int4", group_size=m.group_size)
+        return QuantScheme("int4", group_size=m.group_size, lm_head=head)
     return QuantScheme("fp8", activation_scale_ub=m.activation_scale_ub)
 
 
@@ -163,6 +165,9 @@ def load_quantized(load_dir: str | os.PathLike, *, dtype: torch.dtype | str | No
     for name, module in quantized.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, module)
+    if "lm_head" in quantized and args.tie_word_embeddings:  # a quantized head is its own matrix
+        log.info("%s: the LM head is quantized, so it is not tied to the embedding", source)
+        args = model.args = dataclasses.replace(args, tie_word_embeddings=False)
     if args.tie_word_embeddings:
         tensors.pop(LM_HEAD, None)
     plain = {n: t.to(device=device, dtype=target) for n, t in tensors.items()}

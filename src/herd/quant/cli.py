@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path, typer.Option("--model", "-m", help="Model directory (HF or Meta layout).")],
         scheme: Annotated[str, typer.Option(
             help="int8 | int4 | int4-g32 | int4-g64 | int4-gptq[-gNN] | int4-gptq-act[-gNN] (act-order) | "
-                 "int4-hqq[-gNN] (no calibration) | fp8 (Llama 3.1 FP8 row-wise).")],
+                 "int4-hqq[-gNN] (no calibration) | fp8 (Llama 3.1 FP8 row-wise). Append +lm_head to int8, int4 "
+                 "or int4-hqq to quantize the LM head too (unties a tied embedding).")],
         out: Annotated[Path, typer.Option(help="Output directory (compressed-tensors or fbgemm_fp8 layout).")],
         calibration: Annotated[Path | None, typer.Option(
             help="Text for GPTQ: .txt, or .jsonl/.jsonl.gz with a text field.")] = None,

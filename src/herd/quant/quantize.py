@@ -13,12 +13,18 @@ schemes, as ``--scheme`` spells them:
 - ``fp8``: Llama 3.1 405B's FP8 row-wise scheme — the feed-forward projections of every
   layer but the first and the last, dynamic per-token activation scales clamped at 1200.
 
-Embeddings, norms and the LM head stay in the model's dtype in every scheme (the LM head
-of small-vocabulary and tied models is the embedding table itself).
+Embeddings and norms stay in the model's dtype in every scheme, and so does the LM head
+unless the scheme ends in ``+lm_head`` (``int8+lm_head``, ``int4-g32+lm_head``,
+``int4-hqq+lm_head``; round-to-nearest and HQQ only). The head is a 128256-row matrix, a
+fifth of a 1B model's bytes a decode step reads: llama.cpp's Q8_0 quantizes it too. A
+quantized head no longer shares its weight with the embedding, so quantizing a tied
+model's head unties it (``args.tie_word_embeddings`` becomes False; the embedding table
+stays in the model's dtype, and only one row of it is read per token).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,9 +36,10 @@ from herd.quant.fp8 import ACTIVATION_SCALE_UB, Fp8RowwiseLinear
 from herd.quant.int4 import GROUP_SIZES, Int4Linear
 from herd.quant.int8 import Int8Linear
 
-_SCHEME = re.compile(r"^(?:(int8)|(int4)(?:-(rtn|gptq-act|gptq|hqq))?(?:-g(\d+))?|(fp8)(?:-rowwise)?)$")
+_SCHEME = re.compile(
+    r"^(?:(int8)|(int4)(?:-(rtn|gptq-act|gptq|hqq))?(?:-g(\d+))?|(fp8)(?:-rowwise)?)(\+lm_head)?$")
 SCHEMES = ("int8", "int4", "int4-g32", "int4-g64", "int4-gptq", "int4-gptq-g32", "int4-gptq-g64", "int4-gptq-act",
-           "int4-hqq", "int4-hqq-g32", "int4-hqq-g64", "fp8")
+           "int4-hqq", "int4-hqq-g32", "int4-hqq-g64", "fp8", "int8+lm_head", "int4[-hqq][-gNN]+lm_head")
 METHODS = ("rtn", "gptq", "gptq-act", "hqq")  # gptq-act: GPTQ in descending Hessian-diagonal order, static groups
 CALIBRATED = ("gptq", "gptq-act")  # the methods that need calibration tokens
 FFN_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -40,12 +47,14 @@ FFN_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """A quantization scheme: ``kind`` int8 | int4 | fp8, int4's ``group_size`` and ``method``."""
+    """A quantization scheme: ``kind`` int8 | int4 | fp8, int4's ``group_size`` and
+    ``method``, and whether the LM head is quantized too (``lm_head``)."""
 
     kind: str
     group_size: int = 128
     method: str = "rtn"
     activation_scale_ub: float = ACTIVATION_SCALE_UB
+    lm_head: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("int8", "int4", "fp8"):
@@ -54,6 +63,9 @@ class QuantScheme:
             raise ValueError(f"int4 group_size must be one of {GROUP_SIZES}, got {self.group_size}")
         if self.method not in METHODS or (self.method != "rtn" and self.kind != "int4"):
             raise ValueError(f"method {self.method!r} is not available for {self.kind}; GPTQ and HQQ are int4-only")
+        if self.lm_head and (self.kind == "fp8" or self.method in CALIBRATED):
+            raise ValueError(f"{self.kind if self.kind == 'fp8' else self.method} leaves the LM head unquantized "
+                             "(+lm_head is for int8 and int4 round-to-nearest or HQQ)")
 
     @classmethod
     def parse(cls, text: str | QuantScheme) -> QuantScheme:
@@ -62,17 +74,19 @@ class QuantScheme:
         m = _SCHEME.match(text.strip().lower())
         if m is None:
             raise ValueError(f"unknown quantization scheme {text!r}; known: {', '.join(SCHEMES)}")
+        lm_head = m.group(6) is not None
         if m.group(1):
-            return cls("int8")
+            return cls("int8", lm_head=lm_head)
         if m.group(5):
-            return cls("fp8")
-        return cls("int4", group_size=int(m.group(4) or 128), method=m.group(3) or "rtn")
+            return cls("fp8", lm_head=lm_head)
+        return cls("int4", group_size=int(m.group(4) or 128), method=m.group(3) or "rtn", lm_head=lm_head)
 
     @property
     def name(self) -> str:
-        if self.kind != "int4":
-            return self.kind
-        return "int4" + ("" if self.method == "rtn" else f"-{self.method}") + f"-g{self.group_size}"
+        name = self.kind
+        if self.kind == "int4":
+            name += ("" if self.method == "rtn" else f"-{self.method}") + f"-g{self.group_size}"
+        return name + ("+lm_head" if self.lm_head else "")
 
 
 def target_linears(model: nn.Module, scheme: QuantScheme) -> list[str]:
@@ -80,7 +94,12 @@ def target_linears(model: nn.Module, scheme: QuantScheme) -> list[str]:
     n_layers = len(model.model.layers)
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or not name.startswith("model.layers."):
+        if not isinstance(module, nn.Linear):
+            continue
+        if name == "lm_head" and scheme.lm_head:
+            names.append(name)
+            continue
+        if not name.startswith("model.layers."):
             continue
         if scheme.kind == "fp8":
             layer = int(name.split(".")[2])
@@ -132,6 +151,8 @@ def quantize(model: nn.Module, scheme: str | QuantScheme, *, calibration: Iterab
             else:
                 new = Fp8RowwiseLinear.from_linear(linear, scheme.activation_scale_ub)
             _swap(model, name, new)
+    if scheme.lm_head and model.args.tie_word_embeddings:  # the head is its own (quantized) matrix now
+        model.args = dataclasses.replace(model.args, tie_word_embeddings=False)
     model.quant_scheme = scheme
     return model
 
