@@ -120,7 +120,8 @@ def bytes_per_step(model: torch.nn.Module) -> int:
     """Bytes one decode step reads: every persistent tensor once (tied ones once), except an
     embedding table that is not also the LM head (one row of it is looked up)."""
     embed = model.model.embed_tokens.weight
-    tied = embed.data_ptr() == model.lm_head.weight.data_ptr()
+    head = getattr(model.lm_head, "weight", None)  # a quantized head (int4) has other tensors
+    tied = head is not None and embed.data_ptr() == head.data_ptr()
     seen, total = set(), 0
     for t in model.state_dict(keep_vars=True).values():
         key = t.data_ptr()

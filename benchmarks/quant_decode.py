@@ -45,7 +45,7 @@ from engine import read_bandwidth_gbs  # noqa: E402
 
 from herd.generation import Generator  # noqa: E402
 from herd.model import ModelArgs, Transformer  # noqa: E402
-from herd.quant import quantize  # noqa: E402
+from herd.quant import QuantScheme, quantize  # noqa: E402
 
 print = functools.partial(print, flush=True)  # noqa: A001
 SCHEMES = ("bf16", "int8", "int8+lm_head", "int4", "fp8")
@@ -56,7 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default=None, help="herd.model preset (default: llama3.1-8b on CUDA, "
                                                    "llama3.2-1b on CPU)")
-    p.add_argument("--schemes", default=",".join(SCHEMES), help=f"comma-separated from {', '.join(SCHEMES)}")
+    p.add_argument("--schemes", default=",".join(SCHEMES),
+                   help=f"comma-separated: bf16 or any herd quantize scheme (default {','.join(SCHEMES)})")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=None, help="tokens per timed run (default 128 on CUDA, "
                                                                  "16 on CPU)")
@@ -92,9 +93,12 @@ def main() -> None:
     n_new = opts.new_tokens or (128 if cuda else 16)
     compile_ = cuda if opts.compile is None else opts.compile
     schemes = [s.strip() for s in opts.schemes.split(",") if s.strip()]
-    unknown = [s for s in schemes if s not in SCHEMES]
-    if unknown:
-        raise SystemExit(f"unknown scheme(s) {unknown}; choose from {', '.join(SCHEMES)}")
+    for scheme in schemes:
+        if scheme != "bf16":
+            try:
+                QuantScheme.parse(scheme)
+            except ValueError as e:
+                raise SystemExit(f"--schemes: {e}") from None
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {opts.threads} threads"
     print(f"torch {torch.__version__}, {where}; preset {preset}, batch 1, prompt {opts.prompt_len} tokens, "
           f"{n_new} new tokens, greedy, compile={compile_}, best of {opts.repeats}")
