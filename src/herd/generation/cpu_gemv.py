@@ -283,58 +283,118 @@ int herd_gemv(const void *x, int xbf16, const void *w, int wtype, const float *s
    nibble), fp32 scale [N, K/G]; w = (q - zero_point) * scale = u * scale - offset with
    offset = (zero_point + 8) * scale. A 16-column chunk's byte i holds columns 2i and 2i+1,
    so the input row is read permuted (xp: per chunk the 8 even columns, then the 8 odd):
-   lane i of a chunk's low half pairs u_lo[i] * scale with x[2i], of its high half u_hi[i]
-   * scale with x[2i+1]. The sum over k of x * u * scale runs in that permuted order; the
-   zero points' share is subtracted once, in the epilogue. Batched products dequantize a
-   block of weight rows (u * scale, the same fp32 products) into a cache-sized buffer laid
-   out like xp and run the fp32 tiles over it: the same sums in the same order as the
-   one-row loop, so int4 rows are batch-invariant too. */
-static inline void unpack16_int4(const uint8_t *p, __m256 s, __m256 *lo, __m256 *hi) {
+   lane i of a chunk's low half pairs u_lo[i] with x[2i], of its high half u_hi[i] with
+   x[2i+1]. Each group's sum of x * u (the integers widen exactly) is scaled once, by a
+   fused multiply-add into the row's accumulator: a group of G weights costs G/8 FMAs and
+   one more, where scaling every weight cost G/8 multiplies as well (the loop is bound by
+   arithmetic, not by its 0.5 byte a weight). The zero points' share is subtracted once, in
+   the epilogue. Batched products widen a block of weight rows (u as fp32) into a
+   cache-sized buffer laid out like xp and run grouped fp32 tiles over it: the same sums
+   in the same order as the one-row loop, so int4 rows are batch-invariant too. */
+static inline void unpack16_int4(const uint8_t *p, __m256 *lo, __m256 *hi) {
   __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-  *lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15))), s);
-  *hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), s);
+  *lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+  *hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
 }
 
-/* out[r] = sum over k of xp * u * scale for `rows` (<= ROWS) consecutive weight rows */
+/* out[r] = sum over groups g of scale[r][g] * (sum over k in g of xp * u), for `rows`
+   (<= ROWS) consecutive weight rows */
 static void dot_rows_int4(const float *xp, const uint8_t *w, const float *scale, long K, long G, int rows,
                           float *out) {
   long groups = K / G, half = K / 2;
   __m256 acc[ROWS];
   for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
-  for (long k = 0; k < K; k += 16) {
-    long g = k / G;
-    __m256 xe = _mm256_loadu_ps(xp + k), xo = _mm256_loadu_ps(xp + k + 8);
-    if (rows == ROWS) {
-      _Pragma("GCC unroll 8")
-      for (int r = 0; r < ROWS; r++) {
-        __m256 lo, hi;
-        unpack16_int4(w + r * half + k / 2, _mm256_broadcast_ss(scale + r * groups + g), &lo, &hi);
-        acc[r] = _mm256_fmadd_ps(lo, xe, acc[r]);
-        acc[r] = _mm256_fmadd_ps(hi, xo, acc[r]);
-      }
-    } else {
-      for (int r = 0; r < rows; r++) {
-        __m256 lo, hi;
-        unpack16_int4(w + r * half + k / 2, _mm256_broadcast_ss(scale + r * groups + g), &lo, &hi);
-        acc[r] = _mm256_fmadd_ps(lo, xe, acc[r]);
-        acc[r] = _mm256_fmadd_ps(hi, xo, acc[r]);
+  for (long g = 0; g < groups; g++) {
+    __m256 part[ROWS];
+    for (int r = 0; r < ROWS; r++) part[r] = _mm256_setzero_ps();
+    for (long k = g * G; k < (g + 1) * G; k += 16) {
+      __m256 xe = _mm256_loadu_ps(xp + k), xo = _mm256_loadu_ps(xp + k + 8);
+      if (rows == ROWS) {
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < ROWS; r++) {
+          __m256 lo, hi;
+          unpack16_int4(w + r * half + k / 2, &lo, &hi);
+          part[r] = _mm256_fmadd_ps(lo, xe, part[r]);
+          part[r] = _mm256_fmadd_ps(hi, xo, part[r]);
+        }
+      } else {
+        for (int r = 0; r < rows; r++) {
+          __m256 lo, hi;
+          unpack16_int4(w + r * half + k / 2, &lo, &hi);
+          part[r] = _mm256_fmadd_ps(lo, xe, part[r]);
+          part[r] = _mm256_fmadd_ps(hi, xo, part[r]);
+        }
       }
     }
+    for (int r = 0; r < rows; r++)
+      acc[r] = _mm256_fmadd_ps(part[r], _mm256_broadcast_ss(scale + r * groups + g), acc[r]);
   }
   for (int r = 0; r < rows; r++) out[r] = hsum(acc[r]);
 }
 
-/* rows [n0, n0 + rows) of the weight as fp32 u * scale, in xp's permuted column order */
-static void dequantize_int4_rows(const uint8_t *w, const float *scale, long K, long G, long n0, long rows,
-                                 float *dst) {
-  long groups = K / G, half = K / 2;
+/* rows [n0, n0 + rows) of the weight as fp32 u, in xp's permuted column order */
+static void widen_int4_rows(const uint8_t *w, long K, long n0, long rows, float *dst) {
+  long half = K / 2;
   for (long r = 0; r < rows; r++)
     for (long k = 0; k < K; k += 16) {
       __m256 lo, hi;
-      unpack16_int4(w + (n0 + r) * half + k / 2, _mm256_broadcast_ss(scale + (n0 + r) * groups + k / G), &lo, &hi);
+      unpack16_int4(w + (n0 + r) * half + k / 2, &lo, &hi);
       _mm256_storeu_ps(dst + r * K + k, lo);
       _mm256_storeu_ps(dst + r * K + k + 8, hi);
     }
+}
+
+/* MR input rows x NC widened weight rows (u, fp32), each group's sums scaled into the
+   accumulators as dot_rows_int4 scales them (the same FMAs per lane, in the same order) */
+#define GTILE(NAME, MR, NC)                                                         \
+static void NAME(const float *x, long K, long G, const float *w, const float *scale, long groups, float *out) { \
+  __m256 acc[MR][NC];                                                               \
+  for (int i = 0; i < MR; i++)                                                      \
+    for (int j = 0; j < NC; j++) acc[i][j] = _mm256_setzero_ps();                   \
+  for (long g = 0; g < groups; g++) {                                               \
+    __m256 part[MR][NC];                                                            \
+    for (int i = 0; i < MR; i++)                                                    \
+      for (int j = 0; j < NC; j++) part[i][j] = _mm256_setzero_ps();                \
+    for (long k = g * G; k < (g + 1) * G; k += 8) {                                 \
+      __m256 xv[MR];                                                                \
+      _Pragma("GCC unroll 8")                                                       \
+      for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x + i * K + k);          \
+      _Pragma("GCC unroll 8")                                                       \
+      for (int j = 0; j < NC; j++) {                                                \
+        __m256 wv = _mm256_loadu_ps(w + j * K + k);                                 \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int i = 0; i < MR; i++) part[i][j] = _mm256_fmadd_ps(wv, xv[i], part[i][j]); \
+      }                                                                             \
+    }                                                                               \
+    for (int j = 0; j < NC; j++) {                                                  \
+      __m256 s = _mm256_broadcast_ss(scale + j * groups + g);                       \
+      for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(part[i][j], s, acc[i][j]); \
+    }                                                                               \
+  }                                                                                 \
+  for (int i = 0; i < MR; i++)                                                      \
+    for (int j = 0; j < NC; j++) out[i * NC + j] = hsum(acc[i][j]);                 \
+}
+GTILE(gtile3, 3, NR) GTILE(gtile2, 2, NR) GTILE(gtile1, 1, NR) GTILE(gtile_one, 1, 1)
+
+/* block_tiled for widened int4 rows [n0, n0 + rows) (wb: their u, scale: all rows') */
+static void block_tiled_int4(const float *xf, const float *wb, const float *scale, long G, const Epilogue *e,
+                             void *y, int ybf16, long B, long N, long K, long n0, long rows) {
+  long full = rows - rows % NR, groups = K / G;
+  float out[3 * NR];
+  for (long b = 0, mr; b < B; b += mr) {
+    mr = B - b == 4 ? 2 : B - b < 3 ? B - b : 3;
+    const float *xb = xf + b * K;
+    for (long n = n0; n < n0 + rows; n += n < n0 + full ? NR : 1) {
+      const float *wn = wb + (n - n0) * K, *sn = scale + n * groups;
+      int nc = n < n0 + full ? NR : 1;
+      if (nc == 1) for (int i = 0; i < mr; i++) gtile_one(xb + i * K, K, G, wn, sn, groups, out + i);
+      else if (mr == 3) gtile3(xb, K, G, wn, sn, groups, out);
+      else if (mr == 2) gtile2(xb, K, G, wn, sn, groups, out);
+      else gtile1(xb, K, G, wn, sn, groups, out);
+      for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nc; j++) store(y, b + i, n + j, N, out[i * nc + j], ybf16, e);
+    }
+  }
 }
 
 /* y (B, N) = x (B, K) @ dequantized(w)^T for int4 weights (see above); K a multiple of G,
@@ -376,11 +436,11 @@ int herd_gemv_int4(const void *x, int xbf16, const uint8_t *w, const float *scal
       for (long blk = 0; blk < blocks; blk++) {
         if (!buf) continue;
         long n0 = blk * block, rows = N - n0 < block ? N - n0 : block;
-        dequantize_int4_rows(w, scale, K, G, n0, rows, buf);
-        for (long b0 = 0; b0 < B; b0 += CHUNK) {  /* the dequantized block serves every input row */
+        widen_int4_rows(w, K, n0, rows, buf);
+        for (long b0 = 0; b0 < B; b0 += CHUNK) {  /* the widened block serves every input row */
           Epilogue eb = {NULL, offset, xsum + b0 * groups, groups};
-          block_tiled(xp + b0 * K, buf, W_F32, 4, &eb, (char *)y + (size_t)b0 * N * (xbf16 ? 2 : 4), xbf16,
-                      B - b0 < CHUNK ? B - b0 : CHUNK, N, K, n0, rows);
+          block_tiled_int4(xp + b0 * K, buf, scale, G, &eb, (char *)y + (size_t)b0 * N * (xbf16 ? 2 : 4), xbf16,
+                           B - b0 < CHUNK ? B - b0 : CHUNK, N, K, n0, rows);
         }
       }
       free(buf);
