@@ -145,7 +145,7 @@ def main() -> None:
         print(f"figure: decode_{name}_{preset}_tok_s = {tok_s:.2f} tok/s ({tok_s * gbytes:.1f} GB/s, "
               f"{tok_s * gbytes / bandwidth:.2f} of {bandwidth:.1f} GB/s measured; no target)")
         if ref and scheme != "bf16":
-            print(f"figure: decode_{scheme}_vs_bf16 = {tok_s / ref[1]:.2f} x (no target)")
+            print(f"figure: decode_{name}_vs_bf16 = {tok_s / ref[1]:.2f} x (no target)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ fifth of a 1B model's bytes a decode step reads: llama.cpp's Q8_0 quantizes it t
 quantized head no longer shares its weight with the embedding, so quantizing a tied
 model's head unties it (``args.tie_word_embeddings`` becomes False; the embedding table
 stays in the model's dtype, and only one row of it is read per token). On a 2-core CPU
-``int8+lm_head`` decodes a 1B model ~10-20 % faster than ``int8``; ``int4+lm_head`` is
+``int8+lm_head`` decoded a 1B model 7-17 % faster than ``int8`` (three runs); ``int4+lm_head`` is
 slower than ``int4`` there, because herd's int4 CPU kernel is bound by arithmetic, not
 bytes (``benchmarks/quant_decode.py``).
 """
